@@ -1,0 +1,71 @@
+// Package lookup answers the question every recipient asks: which backend
+// holds this mailbox? It defines the Source interface that the mailboxes.db
+// reader and the MUPDATE clients implement, and the Chain that asks them in
+// the configured order with failover.
+package lookup
+
+import (
+	"context"
+	"errors"
+)
+
+// State is the routing state of a mailbox entry, as Cyrus records it in the
+// mailboxes.db type flags or in the MUPDATE response kind.
+type State uint8
+
+const (
+	// Active: the mailbox exists on Server and takes mail.
+	Active State = iota
+	// Reserved: being created or renamed (mbtype 'z', MUPDATE RESERVE).
+	// Cyrus answers 451 4.2.1 for it.
+	Reserved
+	// Moving: being moved to another server (mbtype 'm'). 451 4.2.1.
+	Moving
+)
+
+func (s State) String() string {
+	switch s {
+	case Active:
+		return "active"
+	case Reserved:
+		return "reserved"
+	case Moving:
+		return "moving"
+	}
+	return "unknown"
+}
+
+// Entry is what a source knows of one mailbox. Deleted, intermediate and
+// tombstone entries are never returned as entries: a source reports them as
+// ErrNotFound, as Cyrus's frontend treats them as nonexistent.
+type Entry struct {
+	// Name is the Cyrus internal mailbox name: "user.alice",
+	// "example.com!user.alice", "shared.lists", "user.john^doe".
+	Name string
+	// Server is the Cyrus server string: "backend1", "10.0.0.2:2003",
+	// "host/tls". Empty only for a local mailbox, which a dedicated
+	// frontend does not have.
+	Server string
+	// Partition is the backend partition ("default"); informational.
+	Partition string
+	// ACL is the Cyrus ACL string "identifier TAB rights TAB ..." (may be
+	// empty, e.g. for reserved entries).
+	ACL string
+	// State is Active, Reserved or Moving.
+	State State
+}
+
+// ErrNotFound is returned by a Source that answered authoritatively that the
+// mailbox does not exist. Any other error means the source could not answer
+// (unreachable, timed out, unreadable file) and the question passes on.
+var ErrNotFound = errors.New("no such mailbox")
+
+// Source is one place that can answer "which backend holds this mailbox?".
+type Source interface {
+	// Name is the source's configured name: "mailboxes-db",
+	// "local-mupdate" or "master-mupdate".
+	Name() string
+	// Lookup returns the entry for the internal mailbox name, ErrNotFound
+	// for an authoritative miss, or another error if the source failed.
+	Lookup(ctx context.Context, mailbox string) (Entry, error)
+}
