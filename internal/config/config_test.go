@@ -1,0 +1,178 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestParseErrorsNameTheKey(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct {
+		name, yaml, wantKey string
+	}{
+		{"unknown top key", "hostnme: x\n", "hostnme"},
+		{"unknown nested key", "lookup:\n  ordr: [mailboxes-db]\n", "ordr"},
+		{"bad mode", "mode: slave\n", "mode"},
+		{"bad source", "lookup:\n  order: [mailboxes-db, ldap]\n  mailboxes_db: /x\n", "lookup.order[1]"},
+		{"duplicate source", "lookup:\n  order: [mailboxes-db, mailboxes-db]\n  mailboxes_db: /x\n", "lookup.order[1]"},
+		{"master without address", "lookup:\n  order: [master-mupdate]\n", "lookup.master_mupdate.address"},
+		{"db without path", "lookup:\n  order: [mailboxes-db]\n", "lookup.mailboxes_db"},
+		{"no-master leaves nothing", "mode: no-master\nlookup:\n  order: [master-mupdate]\n  master_mupdate: {address: 'h:3905'}\n", "mode"},
+		{"bad duration", "shutdown_timeout: soon\n", "soon"},
+		{"negative duration", "shutdown_timeout: -1s\n", "shutdown_timeout"},
+		{"bad listen", "listen: [\"udp:1.2.3.4:5\"]\nlookup: {order: [mailboxes-db], mailboxes_db: /x}\n", "listen[0]"},
+		{"relative unix", "listen: [\"unix:lmtp.sock\"]\nlookup: {order: [mailboxes-db], mailboxes_db: /x}\n", "listen[0]"},
+		{"bad virtdomains", "address: {virtdomains: maybe}\nlookup: {order: [mailboxes-db], mailboxes_db: /x}\n", "address.virtdomains"},
+		{"bad port", "backends: {port: 70000}\nlookup: {order: [mailboxes-db], mailboxes_db: /x}\n", "backends.port"},
+		{"missing password file", "backends: {password_file: /nonexistent/pw}\nlookup: {order: [mailboxes-db], mailboxes_db: /x}\n", "backends.password_file"},
+		{"bad log level", "log: {level: loud}\nlookup: {order: [mailboxes-db], mailboxes_db: /x}\n", "log.level"},
+		{"missing imapd.conf", "imapd_conf: /nonexistent/imapd.conf\n", "imapd_conf"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := writeFile(t, dir, "c.yaml", tc.yaml+"state_dir: "+dir+"\n")
+			_, err := Load(p)
+			if err == nil {
+				t.Fatalf("Load accepted a bad config")
+			}
+			if !strings.Contains(err.Error(), tc.wantKey) {
+				t.Fatalf("error %q does not name %q", err, tc.wantKey)
+			}
+		})
+	}
+}
+
+func TestImapdConfFallbacks(t *testing.T) {
+	dir := t.TempDir()
+	im := writeFile(t, dir, "imapd.conf", `# a frontend
+configdirectory: /var/lib/cyrus
+servername: fe1.example.org
+mupdate_server: mupdate.example.org
+mupdate_authname: mupduser
+mupdate_password: mupdpw
+proxy_authname: mailproxy
+proxy_password: proxypw
+lmtp_downcase_rcpt: no
+unixhierarchysep: no
+virtdomains: userid
+defaultdomain: Example.ORG
+postuser: bb
+lmtp_over_quota_perm_failure: yes
+maxmessagesize: 1048576
+`)
+	p := writeFile(t, dir, "c.yaml", "imapd_conf: "+im+"\nstate_dir: "+dir+"\nlookup:\n  order: [mailboxes-db, local-mupdate, master-mupdate]\n")
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"hostname", c.Hostname, "fe1.example.org"},
+		{"mailboxes_db", c.Lookup.MailboxesDB, "/var/lib/cyrus/mailboxes.db"},
+		{"master address", c.Lookup.Master.Address, "mupdate.example.org:3905"},
+		{"master authname", c.Lookup.Master.AuthName, "mupduser"},
+		{"master password", c.Lookup.Master.Password, "mupdpw"},
+		{"local defaults to master creds", c.Lookup.Local.AuthName, "mupduser"},
+		{"local address", c.Lookup.Local.Address, "127.0.0.1:3905"},
+		{"backend authname", c.Backends.AuthName, "mailproxy"},
+		{"backend password", c.Backends.Password, "proxypw"},
+		{"downcase", c.Address.DowncaseRcpt, false},
+		{"unixhierarchysep", c.Address.UnixHierarchySep, false},
+		{"virtdomains", c.Address.VirtDomains, "userid"},
+		{"defaultdomain", c.Address.DefaultDomain, "example.org"},
+		{"postuser", c.Address.PostUser, "bb"},
+		{"overquota", c.Address.OverQuotaPermFailure, true},
+		{"maxmessagesize", c.LMTP.MaxMessageSize, int64(1048576)},
+	}
+	for _, ck := range checks {
+		if ck.got != ck.want {
+			t.Errorf("%s = %v, want %v", ck.name, ck.got, ck.want)
+		}
+	}
+	if len(c.Warnings) != 0 {
+		t.Errorf("unexpected warnings %v", c.Warnings)
+	}
+}
+
+func TestYAMLOverridesImapdConf(t *testing.T) {
+	dir := t.TempDir()
+	im := writeFile(t, dir, "imapd.conf", "configdirectory: /var/lib/cyrus\nmupdate_server: m:1234/tls\nproxy_password: fromimapd\n")
+	pw := writeFile(t, dir, "proxy.pw", "fromfile\n")
+	p := writeFile(t, dir, "c.yaml", `imapd_conf: `+im+`
+state_dir: `+dir+`
+lookup:
+  order: [master-mupdate, mailboxes-db]
+  mailboxes_db: /srv/mailboxes.db
+  master_mupdate: {authname: other, password: secret, query_timeout: 2s}
+backends:
+  password_file: `+pw+`
+  addresses: {backend1: "10.1.0.11:2003"}
+`)
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Lookup.MailboxesDB != "/srv/mailboxes.db" || c.Backends.Password != "fromfile" ||
+		c.Lookup.Master.Address != "m:1234" || c.Lookup.Master.TLS != "starttls" ||
+		c.Lookup.Master.AuthName != "other" || c.Lookup.Master.Password != "secret" ||
+		c.Lookup.Master.QueryTimeout != 2*time.Second || c.Backends.Addresses["backend1"] != "10.1.0.11:2003" {
+		t.Fatalf("unexpected config: %+v", c)
+	}
+}
+
+func TestModeStateFileOverridesAndOrder(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "c.yaml", "state_dir: "+dir+"\nlookup:\n  order: [master-mupdate, mailboxes-db]\n  mailboxes_db: /x\n  master_mupdate: {address: 'm:3905'}\n")
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Mode != ModeMaster || strings.Join(c.Order(), ",") != "master-mupdate,mailboxes-db" {
+		t.Fatalf("mode %s order %v", c.Mode, c.Order())
+	}
+	writeFile(t, dir, "mode", "no-master\n")
+	c, err = Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Mode != ModeNoMaster || c.ModeFrom != filepath.Join(dir, "mode") || strings.Join(c.Order(), ",") != "mailboxes-db" {
+		t.Fatalf("mode %s from %s order %v", c.Mode, c.ModeFrom, c.Order())
+	}
+	writeFile(t, dir, "mode", "sideways\n")
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "sideways") {
+		t.Fatalf("bad state file accepted: %v", err)
+	}
+}
+
+func TestMissingBackendPasswordWarns(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "c.yaml", "state_dir: "+dir+"\nlookup: {order: [mailboxes-db], mailboxes_db: /x}\n")
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], "backends.password") {
+		t.Fatalf("warnings = %v", c.Warnings)
+	}
+}
+
+func TestImapdConfSyntaxError(t *testing.T) {
+	_, err := ParseImapdConf("imapd.conf", []byte("configdirectory: /x\nthis is not an option\n"))
+	if err == nil || !strings.Contains(err.Error(), "imapd.conf:2") {
+		t.Fatalf("err = %v", err)
+	}
+}
