@@ -24,7 +24,7 @@ func shippedConfig(t *testing.T) (string, []byte) {
 	}
 	s := string(data)
 	for old, repl := range map[string]string{
-		"imapd_conf: /etc/imapd.conf":   "imapd_conf: " + imapd,
+		"imapd_conf: /etc/imapd.conf":  "imapd_conf: " + imapd,
 		"state_dir: /var/lib/lmtpgate": "state_dir: " + t.TempDir(),
 	} {
 		if !strings.Contains(s, old) {
