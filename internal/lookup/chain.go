@@ -1,0 +1,106 @@
+package lookup
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Status is the verdict of a chain lookup.
+type Status uint8
+
+const (
+	// Found: a source knows the mailbox (Entry.State may still be
+	// Reserved or Moving).
+	Found Status = iota
+	// NotFound: at least one source answered and every source that
+	// answered said "no such mailbox". Only this verdict may become a 5xx.
+	NotFound
+	// Unavailable: no source could answer. The recipient gets a 4xx so
+	// the MTA retries; a lookup failure must never bounce mail.
+	Unavailable
+)
+
+func (s Status) String() string {
+	switch s {
+	case Found:
+		return "found"
+	case NotFound:
+		return "not-found"
+	}
+	return "unavailable"
+}
+
+// Answer is one source's reply to one question, kept for diagnostics
+// (`lmtpgate resolve -v`).
+type Answer struct {
+	Source string
+	Entry  Entry
+	Err    error // nil, ErrNotFound, or the source's failure
+	Dur    time.Duration
+}
+
+// Result is the chain's verdict.
+type Result struct {
+	Status Status
+	Entry  Entry
+	Source string // the source that found it (Found only)
+	Err    error  // the last failure (Unavailable only)
+	Trace  []Answer
+}
+
+// Chain asks its sources in order. It is immutable; a reload builds a new
+// one.
+type Chain struct {
+	sources []Source
+	timeout time.Duration
+}
+
+// NewChain returns a chain over sources, giving each source at most timeout
+// per question.
+func NewChain(timeout time.Duration, sources ...Source) *Chain {
+	return &Chain{sources: sources, timeout: timeout}
+}
+
+// Sources returns the sources in order.
+func (c *Chain) Sources() []Source { return c.sources }
+
+// Resolve finds the mailbox. A source that fails passes the question on;
+// so does a miss, because a mailbox just created may not yet have reached
+// the local replica (Cyrus's own lmtpd pokes its replica and looks again
+// for the same reason). With trace set, every source's answer is recorded.
+func (c *Chain) Resolve(ctx context.Context, mailbox string, trace bool) Result {
+	var res Result
+	answered := false
+	for _, s := range c.sources {
+		qctx, cancel := context.WithTimeout(ctx, c.timeout)
+		start := time.Now()
+		e, err := s.Lookup(qctx, mailbox)
+		cancel()
+		if trace {
+			res.Trace = append(res.Trace, Answer{Source: s.Name(), Entry: e, Err: err, Dur: time.Since(start)})
+		}
+		switch {
+		case err == nil:
+			res.Status, res.Entry, res.Source = Found, e, s.Name()
+			return res
+		case errors.Is(err, ErrNotFound):
+			answered = true
+		default:
+			res.Err = err
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if answered {
+		res.Status = NotFound
+		res.Err = nil
+	} else {
+		res.Status = Unavailable
+		if res.Err == nil {
+			res.Err = errors.New("no lookup source configured")
+		}
+	}
+	return res
+}
