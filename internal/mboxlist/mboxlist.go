@@ -1,0 +1,336 @@
+// Package mboxlist routes mailboxes from the Cyrus frontend's own
+// mailboxes.db: it decodes every generation of mailbox record (Cyrus 2.x
+// text, 2.5–3.4 dlists, 3.6+ 'N' + dbname keys) into an immutable in-memory
+// index, and keeps that index current by watching the file.
+//
+// The index is replaced as a whole through an atomic pointer, so a lookup
+// never waits for a reload and never sees half of one. A file that is
+// missing, truncated, corrupt or not a Cyrus database never empties the
+// table: the last good index stays in use, the problem is logged once, and
+// the next good version of the file is picked up by itself. Before the
+// first good load the source reports itself unavailable rather than
+// answering "no such mailbox", so nothing is bounced for lack of data.
+package mboxlist
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lmtpgate/lmtpgate/internal/cyrusdb"
+	"github.com/lmtpgate/lmtpgate/internal/lookup"
+)
+
+// SourceName is the name of this lookup source in configuration and logs.
+const SourceName = "mailboxes-db"
+
+// Defaults for zero Config fields.
+const (
+	DefaultDebounce     = 25 * time.Millisecond
+	DefaultPollInterval = time.Second
+	DefaultLockTimeout  = 2 * time.Second
+)
+
+// Config says which file to read and how to watch it.
+type Config struct {
+	// Path of mailboxes.db (mboxlist_db_path, or
+	// <configdirectory>/mailboxes.db).
+	Path string
+	// Format of the file; Auto sniffs the magic as Cyrus does.
+	Format cyrusdb.Format
+	// Debounce is how long to let a burst of change events settle before
+	// re-checking the file (a Cyrus commit is several writes).
+	Debounce time.Duration
+	// PollInterval is the safety-net stat interval with inotify and the
+	// only trigger in polling mode.
+	PollInterval time.Duration
+	// ForcePolling disables inotify (for filesystems that do not deliver
+	// events, such as NFS).
+	ForcePolling bool
+	// LockTimeout bounds waiting for Cyrus's lock on each read.
+	LockTimeout time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.Debounce <= 0 {
+		c.Debounce = DefaultDebounce
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = DefaultPollInterval
+	}
+	if c.LockTimeout <= 0 {
+		c.LockTimeout = DefaultLockTimeout
+	}
+	return c
+}
+
+// ErrUnavailable is returned (wrapped) by Lookup before a first good load:
+// the source cannot answer, which is not the same as "no such mailbox".
+var ErrUnavailable = errors.New("mailboxes.db not loaded")
+
+var errUnavailable = fmt.Errorf("%s: %w", SourceName, ErrUnavailable)
+
+// fileInfo is the identity of one committed state of the file: if none of
+// these changed, the contents did not either (Cyrus appends on commit,
+// repacks to a new inode with a new generation, and rewrites flat files
+// by rename).
+type fileInfo struct {
+	Format        cyrusdb.Format
+	Inode         uint64
+	Generation    uint64
+	FileSize      int64
+	CommittedSize int64
+	Dirty         bool
+}
+
+func (a fileInfo) same(b fileInfo) bool {
+	return a.Inode == b.Inode && a.Generation == b.Generation &&
+		a.FileSize == b.FileSize && a.CommittedSize == b.CommittedSize &&
+		a.Format == b.Format
+}
+
+// store is how the DB reads the file; the cyrusdb package in production,
+// a fake in tests.
+type store interface {
+	stat(path string, f cyrusdb.Format) (fileInfo, error)
+	// read returns the committed records and the identity of the state
+	// it actually read.
+	read(ctx context.Context, path string, f cyrusdb.Format) (recordSource, fileInfo, error)
+}
+
+// Status describes the source for health checks and `lmtpgate status`.
+type Status struct {
+	Path        string
+	Format      cyrusdb.Format
+	Loaded      bool
+	Entries     int
+	LoadedAt    time.Time
+	Generation  uint64
+	Inode       uint64
+	LastError   string
+	LastErrorAt time.Time
+	Watching    string // "inotify" or "polling"
+}
+
+// DB is the mailboxes.db lookup source. Create it with New.
+type DB struct {
+	cfg   Config
+	log   *slog.Logger
+	store store
+
+	idx atomic.Pointer[Index]
+
+	// reloadMu serialises checks; the watcher and Reload both take it.
+	reloadMu sync.Mutex
+	cur      fileInfo // identity of the loaded file; valid if idx != nil
+	failed   fileInfo // identity of a file that failed to load
+	hasFail  bool
+	problem  string // last logged problem; "" when healthy
+
+	mu     sync.Mutex // guards status
+	status Status
+
+	startOnce sync.Once
+	cancel    context.CancelFunc
+	done      chan struct{}
+	kick      chan struct{}
+}
+
+// New returns a DB for cfg. It does not touch the file or start anything.
+func New(cfg Config, log *slog.Logger) *DB {
+	if log == nil {
+		log = slog.Default()
+	}
+	cfg = cfg.withDefaults()
+	return &DB{
+		cfg:    cfg,
+		log:    log.With("source", SourceName, "path", cfg.Path),
+		store:  cyrusdbStore{},
+		status: Status{Path: cfg.Path, Format: cfg.Format},
+		kick:   make(chan struct{}, 1),
+	}
+}
+
+// Name returns "mailboxes-db".
+func (d *DB) Name() string { return SourceName }
+
+// Lookup returns the routing entry of an internal mailbox name. It
+// returns lookup.ErrNotFound when the loaded file has no such routable
+// mailbox, an error wrapping ErrUnavailable before the first good load,
+// and an error wrapping ErrBrokenEntry for a record that exists but
+// cannot be decoded. It never blocks on a reload and does not allocate.
+func (d *DB) Lookup(_ context.Context, mailbox string) (lookup.Entry, error) {
+	x := d.idx.Load()
+	if x == nil {
+		return lookup.Entry{}, errUnavailable
+	}
+	return x.Lookup(mailbox)
+}
+
+// Index returns the current index, or nil before the first good load.
+func (d *DB) Index() *Index { return d.idx.Load() }
+
+// Start loads the file once and then watches it until ctx is done or
+// Close is called. The error of the first load is returned, but watching
+// starts regardless, so a file that appears or is repaired later is picked
+// up. Start may be called once.
+func (d *DB) Start(ctx context.Context) error {
+	started := false
+	d.startOnce.Do(func() { started = true })
+	if !started {
+		return errors.New("mboxlist: Start called twice or after Close")
+	}
+	err := d.check(ctx, true)
+	{
+		wctx, cancel := context.WithCancel(ctx)
+		d.cancel = cancel
+		d.done = make(chan struct{})
+		go func() {
+			defer close(d.done)
+			d.watch(wctx)
+		}()
+	}
+	return err
+}
+
+// Close stops the watcher and waits for it. The last index stays
+// available to Lookup.
+func (d *DB) Close() error {
+	d.startOnce.Do(func() {}) // a later Start will not start a watcher
+	if d.cancel != nil {
+		d.cancel()
+		<-d.done
+	}
+	return nil
+}
+
+// Reload re-reads the file now, even if it looks unchanged. On error the
+// previous index stays in use.
+func (d *DB) Reload(ctx context.Context) error {
+	return d.check(ctx, true)
+}
+
+// Status returns a snapshot of the source's state.
+func (d *DB) Status() Status {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.status
+}
+
+// check stats the file and rebuilds the index if the file changed (or
+// always, with force). It runs off the lookup path; lookups keep using the
+// old index until the new one is stored.
+func (d *DB) check(ctx context.Context, force bool) error {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+
+	info, err := d.store.stat(d.cfg.Path, d.cfg.Format)
+	if err != nil {
+		d.report(err)
+		return err
+	}
+	if !force {
+		if d.idx.Load() != nil && info.same(d.cur) && !d.hasFail {
+			return nil
+		}
+		if d.hasFail && info.same(d.failed) {
+			// Same bad file as last time: nothing new to learn.
+			return nil
+		}
+	}
+	// The identity recorded is that of the state actually read: if the
+	// file changes after the read, the next check sees a different
+	// identity and reads again, so no change can be missed.
+	rctx, cancel := context.WithTimeout(ctx, d.cfg.LockTimeout)
+	start := time.Now()
+	src, rinfo, err := d.store.read(rctx, d.cfg.Path, d.cfg.Format)
+	cancel()
+	if err != nil {
+		d.failed, d.hasFail = info, true
+		d.report(err)
+		return err
+	}
+	info = rinfo
+	x, st, err := buildIndex(src)
+	if err != nil {
+		d.failed, d.hasFail = info, true
+		d.report(err)
+		return err
+	}
+	d.idx.Store(x)
+	d.cur, d.hasFail = info, false
+	now := time.Now()
+	d.mu.Lock()
+	d.status.Loaded = true
+	d.status.Entries = x.Len()
+	d.status.LoadedAt = now
+	d.status.Generation = info.Generation
+	d.status.Inode = info.Inode
+	d.status.Format = info.Format
+	d.mu.Unlock()
+
+	attrs := []any{"format", info.Format.String(), "entries", x.Len(), "era", x.Era().String(),
+		"generation", info.Generation, "dur_ms", time.Since(start).Milliseconds()}
+	if d.problem != "" {
+		d.log.Info("mailboxes.db readable again; routing table updated", attrs...)
+		d.problem = ""
+	} else {
+		d.log.Debug("mailboxes.db loaded", attrs...)
+	}
+	if info.Dirty || info.FileSize != info.CommittedSize {
+		// Cyrus repairs a crashed file on its next open; we never write.
+		d.log.Warn("mailboxes.db has an uncommitted tail; using its last committed state",
+			"format", info.Format.String(), "file_size", info.FileSize, "committed_size", info.CommittedSize)
+	}
+	if st.firstBad != nil {
+		// Logged once per load, and loads happen only when the file
+		// changed.
+		d.log.Warn("mailboxes.db has undecodable records; those mailboxes are left to the other sources",
+			"records", x.Broken(), "first", st.firstBad.Error())
+	}
+	return nil
+}
+
+// report logs a load problem once per distinct problem and records it in
+// the status.
+func (d *DB) report(err error) {
+	msg := err.Error()
+	now := time.Now()
+	d.mu.Lock()
+	d.status.LastError = msg
+	d.status.LastErrorAt = now
+	d.mu.Unlock()
+	if msg == d.problem {
+		return
+	}
+	d.problem = msg
+	var attrs []any
+	var fe *cyrusdb.FormatError
+	if errors.As(err, &fe) {
+		attrs = []any{"format", fe.Format.String(), "offset", fe.Offset, "reason", fe.Reason, "err", msg}
+	} else {
+		attrs = []any{"format", d.cfg.Format.String(), "err", msg}
+	}
+	if d.idx.Load() != nil {
+		d.log.Error("cannot read mailboxes.db; keeping the previous routing table", attrs...)
+	} else {
+		d.log.Error("cannot read mailboxes.db; source unavailable until it can be read", attrs...)
+	}
+}
+
+// Index loading for one-shot tools.
+
+// LoadOnce reads path once and returns its index, for `lmtpgate resolve`
+// and other tools that do not need a watcher.
+func LoadOnce(ctx context.Context, path string, f cyrusdb.Format) (*Index, error) {
+	src, _, err := cyrusdbStore{}.read(ctx, path, f)
+	if err != nil {
+		return nil, err
+	}
+	x, _, err := buildIndex(src)
+	return x, err
+}

@@ -1,0 +1,87 @@
+package mboxlist
+
+import (
+	"context"
+	"path/filepath"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+// watch keeps the index current until ctx is done.
+//
+// It watches the directory, not the file: Cyrus commits twoskip and
+// skiplist in place (IN_MODIFY on the name), but repacks, recovers and
+// rewrites flat files by writing mailboxes.db.NEW and renaming it over the
+// original (IN_MOVED_TO on the name), after which a watch on the old inode
+// would see nothing more (interop notes §4.7). Any event for the name
+// starts a short debounce, since one commit is several writes; then the
+// header is stat'ed and the file re-read only if its identity changed.
+// A periodic stat catches whatever inotify misses (a directory replaced,
+// an overflowed event queue), and is the only trigger in polling mode.
+func (d *DB) watch(ctx context.Context) {
+	var events <-chan fsnotify.Event
+	var errs <-chan error
+	mode := "polling"
+	if !d.cfg.ForcePolling {
+		w, err := fsnotify.NewWatcher()
+		if err == nil {
+			if err = w.Add(filepath.Dir(d.cfg.Path)); err != nil {
+				w.Close()
+			}
+		}
+		if err != nil {
+			d.log.Warn("cannot watch the mailboxes.db directory; falling back to polling",
+				"err", err.Error(), "interval", d.cfg.PollInterval.String())
+		} else {
+			defer w.Close()
+			events, errs = w.Events, w.Errors
+			mode = "inotify"
+		}
+	}
+	d.mu.Lock()
+	d.status.Watching = mode
+	d.mu.Unlock()
+
+	base := filepath.Base(d.cfg.Path)
+	poll := time.NewTicker(d.cfg.PollInterval)
+	defer poll.Stop()
+	debounce := time.NewTimer(time.Hour)
+	debounce.Stop()
+	pending := false
+
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			if filepath.Base(ev.Name) != base {
+				continue
+			}
+			// The window starts with the first event and is not
+			// extended by later ones, so a steady stream of commits
+			// cannot postpone the re-check indefinitely.
+			if !pending {
+				pending = true
+				debounce.Reset(d.cfg.Debounce)
+			}
+		case err, ok := <-errs:
+			if !ok {
+				errs = nil
+				continue
+			}
+			// Typically an event queue overflow: re-check now.
+			d.log.Debug("inotify error; re-checking mailboxes.db", "err", err.Error())
+			_ = d.check(ctx, false)
+		case <-debounce.C:
+			pending = false
+			_ = d.check(ctx, false)
+		case <-poll.C:
+			_ = d.check(ctx, false)
+		}
+	}
+}
