@@ -184,6 +184,7 @@ func (d *DB) Start(ctx context.Context) error {
 	if !started {
 		return errors.New("mboxlist: Start called twice or after Close")
 	}
+	w := d.startWatcher()
 	err := d.check(ctx, true)
 	{
 		wctx, cancel := context.WithCancel(ctx)
@@ -191,7 +192,7 @@ func (d *DB) Start(ctx context.Context) error {
 		d.done = make(chan struct{})
 		go func() {
 			defer close(d.done)
-			d.watch(wctx)
+			d.watch(wctx, w)
 		}()
 	}
 	return err

@@ -8,6 +8,34 @@ import (
 	"github.com/fsnotify/fsnotify"
 )
 
+// startWatcher sets up inotify on the file's directory, or returns nil for
+// polling mode. It runs before the first load, so that no change between
+// that load and the start of watching can be missed.
+func (d *DB) startWatcher() *fsnotify.Watcher {
+	mode := "polling"
+	var w *fsnotify.Watcher
+	if !d.cfg.ForcePolling {
+		var err error
+		w, err = fsnotify.NewWatcher()
+		if err == nil {
+			if err = w.Add(filepath.Dir(d.cfg.Path)); err != nil {
+				w.Close()
+				w = nil
+			}
+		}
+		if err != nil {
+			d.log.Warn("cannot watch the mailboxes.db directory; falling back to polling",
+				"err", err.Error(), "interval", d.cfg.PollInterval.String())
+		} else {
+			mode = "inotify"
+		}
+	}
+	d.mu.Lock()
+	d.status.Watching = mode
+	d.mu.Unlock()
+	return w
+}
+
 // watch keeps the index current until ctx is done.
 //
 // It watches the directory, not the file: Cyrus commits twoskip and
@@ -19,30 +47,13 @@ import (
 // header is stat'ed and the file re-read only if its identity changed.
 // A periodic stat catches whatever inotify misses (a directory replaced,
 // an overflowed event queue), and is the only trigger in polling mode.
-func (d *DB) watch(ctx context.Context) {
+func (d *DB) watch(ctx context.Context, w *fsnotify.Watcher) {
 	var events <-chan fsnotify.Event
 	var errs <-chan error
-	mode := "polling"
-	if !d.cfg.ForcePolling {
-		w, err := fsnotify.NewWatcher()
-		if err == nil {
-			if err = w.Add(filepath.Dir(d.cfg.Path)); err != nil {
-				w.Close()
-			}
-		}
-		if err != nil {
-			d.log.Warn("cannot watch the mailboxes.db directory; falling back to polling",
-				"err", err.Error(), "interval", d.cfg.PollInterval.String())
-		} else {
-			defer w.Close()
-			events, errs = w.Events, w.Errors
-			mode = "inotify"
-		}
+	if w != nil {
+		defer w.Close()
+		events, errs = w.Events, w.Errors
 	}
-	d.mu.Lock()
-	d.status.Watching = mode
-	d.mu.Unlock()
-
 	base := filepath.Base(d.cfg.Path)
 	poll := time.NewTicker(d.cfg.PollInterval)
 	defer poll.Stop()
