@@ -35,8 +35,11 @@ if [ -n "${LMTPGATE_PREBUILT:-}" ]; then
 	# For testing the packaging alone: package this binary instead.
 	cp "$LMTPGATE_PREBUILT" "build/$ARCH/lmtpgate"
 else
+	# -s -w: no symbol table or DWARF in the packaged binary (Debian
+	# policy 10.1, lintian unstripped-binary-or-object); Go's own stack
+	# traces do not need them.
 	CGO_ENABLED=0 GOOS=linux GOARCH=$ARCH go build -trimpath \
-		-ldflags "-X main.version=$VERSION" -o "build/$ARCH/lmtpgate" ./cmd/lmtpgate
+		-ldflags "-s -w -X main.version=$VERSION" -o "build/$ARCH/lmtpgate" ./cmd/lmtpgate
 fi
 
 # Staging tree for generated files. nfpm.yaml names fixed paths under
@@ -67,7 +70,7 @@ when=$(git log -1 --format=%cD HEAD 2>/dev/null || date -R)
 maint=$(sed -n 's/^maintainer: //p' nfpm.yaml)
 {
 	printf 'lmtpgate (%s-1) unstable; urgency=medium\n\n' "$VERSION"
-	printf '  * Build of lmtpgate %s from commit %s.\n\n' "$VERSION" "$commit"
+	printf '  * Build from commit %s.\n\n' "$commit"
 	printf ' -- %s  %s\n' "$maint" "$when"
 } >build/changelog
 gzip -9nc build/changelog >"$root/usr/share/doc/lmtpgate/changelog.Debian.gz"
