@@ -1,0 +1,721 @@
+// Package mupdate is a client for the MUPDATE protocol (RFC 3656) as Cyrus
+// IMAP speaks it: the murder master ("mupdate -m") and the frontend's local
+// replica (plain "mupdate") both answer FIND for one mailbox with its
+// server and partition. A Client is a lookup.Source.
+//
+// The client keeps one persistent, authenticated connection and serialises
+// queries on it, like Cyrus 2.2's lmtpproxyd did. Its failure handling is a
+// circuit breaker: once the server fails (connect, authenticate, answer),
+// every lookup fails at once with ErrUnavailable until a jittered,
+// exponentially growing backoff has passed, so that mail keeps flowing from
+// the other lookup sources instead of waiting for a dial timeout per
+// recipient. After the backoff one lookup tries again.
+//
+// The subpackage fakemupdate is a scripted MUPDATE server for tests.
+package mupdate
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/emersion/go-sasl"
+
+	"github.com/lmtpgate/lmtpgate/internal/lookup"
+)
+
+// Config says where the MUPDATE server is and how to talk to it.
+type Config struct {
+	Address  string // host:port (Cyrus's default port is 3905)
+	AuthName string // SASL authentication id (Cyrus mupdate_authname)
+	// AuthzID is the optional SASL authorization id (Cyrus
+	// mupdate_username); usually empty.
+	AuthzID  string
+	Password string
+	// TLS is "none" (default, also ""), "starttls" (STARTTLS before
+	// authenticating; fails if the server does not offer it) or "tls"
+	// (TLS from the first byte).
+	TLS       string
+	TLSConfig *tls.Config
+	// DialTimeout bounds the TCP (and TLS) connect; default 5s.
+	DialTimeout time.Duration
+	// QueryTimeout bounds reading the greeting, STARTTLS, AUTHENTICATE and
+	// each FIND or NOOP; default 5s.
+	QueryTimeout time.Duration
+	// KeepAlive sends NOOP on a connection idle this long, to notice a
+	// dead server or a NAT that dropped the connection before a message
+	// needs it (Cyrus's own idle timeout is 3 h); default 60s, <0
+	// disables.
+	KeepAlive time.Duration
+	// BackoffMin and BackoffMax bound the breaker's wait after a failure;
+	// defaults 1s and 30s.
+	BackoffMin, BackoffMax time.Duration
+	// MaxLiteral bounds each response line and literal; default 64 KiB.
+	MaxLiteral int
+}
+
+func (c Config) withDefaults() Config {
+	if c.TLS == "" {
+		c.TLS = "none"
+	}
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = 5 * time.Second
+	}
+	if c.QueryTimeout <= 0 {
+		c.QueryTimeout = 5 * time.Second
+	}
+	if c.KeepAlive == 0 {
+		c.KeepAlive = 60 * time.Second
+	}
+	if c.BackoffMin <= 0 {
+		c.BackoffMin = time.Second
+	}
+	if c.BackoffMax <= 0 {
+		c.BackoffMax = 30 * time.Second
+	}
+	if c.BackoffMax < c.BackoffMin {
+		c.BackoffMax = c.BackoffMin
+	}
+	if c.MaxLiteral <= 0 {
+		c.MaxLiteral = DefaultMaxLiteral
+	}
+	return c
+}
+
+// ErrUnavailable is wrapped by every error that means "the server could
+// not answer": unreachable, refused authentication, timed out, spoke
+// garbage, in backoff, or the client is closed. It never means the mailbox
+// does not exist; that is lookup.ErrNotFound.
+var ErrUnavailable = errors.New("mupdate server unavailable")
+
+// ErrClosed is returned (wrapping ErrUnavailable) after Close.
+var ErrClosed = fmt.Errorf("%w: client closed", ErrUnavailable)
+
+// Stats is a snapshot of the client's counters, for tests and the service
+// status line.
+type Stats struct {
+	Dials    uint64 // connection attempts
+	Connects uint64 // connections opened and authenticated
+	Queries  uint64 // FIND commands sent
+	// State is "idle" (no connection), "connected", "backoff" (breaker
+	// open: lookups fail at once) or "closed".
+	State        string
+	LastError    string
+	BackoffUntil time.Time
+}
+
+// Client is a MUPDATE client with one persistent connection. It is safe
+// for concurrent use; queries are serialised. Close must be called to stop
+// its keep-alive goroutine.
+type Client struct {
+	name string
+	cfg  Config
+	log  *slog.Logger
+
+	// sem is held by whoever uses the connection (a query, a keep-alive
+	// NOOP, Close); it is a channel so that waiting respects a context.
+	sem chan struct{}
+	// Guarded by sem.
+	conn net.Conn
+	br   *bufio.Reader
+	tagN uint64
+
+	mu           sync.Mutex // guards the fields below
+	live         net.Conn   // == conn, readable without sem (for Close and Stats)
+	closed       bool
+	failing      bool
+	backoff      time.Duration
+	backoffUntil time.Time
+	lastErr      string
+	lastUse      time.Time
+	kaStarted    bool
+	done         chan struct{}
+
+	dials, connects, queries atomic.Uint64
+}
+
+// New returns a client for the server in cfg. name is the lookup source
+// name ("master-mupdate" or "local-mupdate"). Nothing is dialled until the
+// first Lookup or Ping. log may be nil.
+func New(name string, cfg Config, log *slog.Logger) *Client {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Client{
+		name: name,
+		cfg:  cfg.withDefaults(),
+		log:  log,
+		sem:  make(chan struct{}, 1),
+		done: make(chan struct{}),
+	}
+}
+
+// Name returns the source name given to New.
+func (c *Client) Name() string { return c.name }
+
+// Lookup asks the server with FIND for the internal mailbox name. A
+// MAILBOX answer is an Active entry, RESERVE a Reserved one; no data before
+// the OK is lookup.ErrNotFound. Every other outcome is an error wrapping
+// ErrUnavailable.
+func (c *Client) Lookup(ctx context.Context, mailbox string) (lookup.Entry, error) {
+	if len(mailbox) > c.cfg.MaxLiteral {
+		return lookup.Entry{}, fmt.Errorf("%w: mailbox name too long", ErrUnavailable)
+	}
+	var (
+		entry lookup.Entry
+		found bool
+	)
+	err := c.do(ctx, func() error {
+		entry, found = lookup.Entry{}, false
+		c.queries.Add(1)
+		tag := c.nextTag()
+		if err := c.write(fmt.Sprintf("%s FIND {%d+}\r\n%s\r\n", tag, len(mailbox), mailbox)); err != nil {
+			return err
+		}
+		for {
+			r, err := ReadResponse(c.br, c.cfg.MaxLiteral)
+			if err != nil {
+				return err
+			}
+			if r.Tag == "*" {
+				if r.Kind == "BYE" {
+					return fmt.Errorf("server said BYE %q", strings.Join(r.Args, " "))
+				}
+				continue // untagged data we do not need
+			}
+			if r.Tag != tag {
+				return protoErr("response tagged %q to command %q", r.Tag, tag)
+			}
+			switch r.Kind {
+			case "OK":
+				return nil
+			case "NO", "BAD":
+				return fmt.Errorf("FIND refused: %s %q", r.Kind, strings.Join(r.Args, " "))
+			case "MAILBOX", "RESERVE":
+				e, err := parseEntry(r)
+				if err != nil {
+					return err
+				}
+				// A second entry, or one for another name, means the
+				// stream is not what we think it is; routing on it
+				// could send mail to the wrong backend.
+				if found {
+					return protoErr("more than one entry for FIND")
+				}
+				if e.Name != mailbox {
+					return protoErr("FIND %q answered for %q", mailbox, e.Name)
+				}
+				entry, found = e, true
+			default:
+				return protoErr("unexpected %s response to FIND", r.Kind)
+			}
+		}
+	})
+	if err != nil {
+		return lookup.Entry{}, err
+	}
+	if !found {
+		return lookup.Entry{}, lookup.ErrNotFound
+	}
+	return entry, nil
+}
+
+// parseEntry turns "tag MAILBOX name location acl" or "tag RESERVE name
+// location" into an Entry. A location is "server!partition"; without '!'
+// the whole string is the server (RFC 3656 leaves its form to the
+// implementation; this is how Cyrus's replica stores it).
+func parseEntry(r Response) (lookup.Entry, error) {
+	var e lookup.Entry
+	switch {
+	case r.Kind == "MAILBOX" && len(r.Args) == 3:
+		e.State = lookup.Active
+		e.ACL = r.Args[2]
+	case r.Kind == "RESERVE" && len(r.Args) == 2:
+		e.State = lookup.Reserved
+	default:
+		return e, protoErr("%s with %d arguments", r.Kind, len(r.Args))
+	}
+	e.Name = r.Args[0]
+	loc := r.Args[1]
+	if i := strings.IndexByte(loc, '!'); i >= 0 {
+		e.Server, e.Partition = loc[:i], loc[i+1:]
+	} else {
+		e.Server = loc
+	}
+	if e.Name == "" || e.Server == "" {
+		return e, protoErr("%s with empty name or server", r.Kind)
+	}
+	return e, nil
+}
+
+// Ping sends NOOP, connecting first if needed. It is the health check for
+// the status line and for a configuration reload. Like Lookup it fails at
+// once while the breaker is open.
+func (c *Client) Ping(ctx context.Context) error {
+	return c.do(ctx, c.noop)
+}
+
+func (c *Client) noop() error {
+	tag := c.nextTag()
+	if err := c.write(tag + " NOOP\r\n"); err != nil {
+		return err
+	}
+	return c.awaitOK(tag, "NOOP")
+}
+
+// awaitOK reads responses until the one tagged tag, which must be OK.
+func (c *Client) awaitOK(tag, what string) error {
+	for {
+		r, err := ReadResponse(c.br, c.cfg.MaxLiteral)
+		if err != nil {
+			return err
+		}
+		if r.Tag == "*" {
+			if r.Kind == "BYE" {
+				return fmt.Errorf("server said BYE %q", strings.Join(r.Args, " "))
+			}
+			continue
+		}
+		if r.Tag != tag {
+			return protoErr("response tagged %q to command %q", r.Tag, tag)
+		}
+		switch r.Kind {
+		case "OK":
+			return nil
+		case "NO", "BAD":
+			return fmt.Errorf("%s refused: %s %q", what, r.Kind, strings.Join(r.Args, " "))
+		default:
+			return protoErr("unexpected %s response to %s", r.Kind, what)
+		}
+	}
+}
+
+// do runs op on the connection under the breaker's rules.
+func (c *Client) do(ctx context.Context, op func() error) error {
+	if err := c.admit(); err != nil {
+		return err
+	}
+	select {
+	case c.sem <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %s: %w", ErrUnavailable, c.name, ctx.Err())
+	}
+	defer func() { <-c.sem }()
+	// The breaker may have opened while we waited for the connection.
+	if err := c.admit(); err != nil {
+		return err
+	}
+
+	for attempt := 0; ; attempt++ {
+		reused := c.conn != nil
+		if !reused {
+			if err := c.connect(ctx); err != nil {
+				return c.failed(ctx, err)
+			}
+		}
+		err := c.withDeadline(ctx, c.cfg.QueryTimeout, op)
+		if err == nil {
+			c.succeeded()
+			return nil
+		}
+		c.dropConn()
+		// A connection that sat idle may have been closed by the server
+		// (restart, idle timeout) without our noticing; that is not the
+		// server being down, so try once more on a fresh connection.
+		if reused && attempt == 0 && ctx.Err() == nil && isBroken(err) {
+			c.log.Debug("mupdate connection was closed, reconnecting", "source", c.name, "address", c.cfg.Address, "error", err)
+			continue
+		}
+		return c.failed(ctx, err)
+	}
+}
+
+// admit fails fast while the client is closed or the breaker is open.
+func (c *Client) admit() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return ErrClosed
+	}
+	if now := time.Now(); now.Before(c.backoffUntil) {
+		return fmt.Errorf("%w: %s: not retrying for %v after: %s", ErrUnavailable, c.name,
+			c.backoffUntil.Sub(now).Round(time.Millisecond), c.lastErr)
+	}
+	return nil
+}
+
+// failed records a failure and returns it wrapped in ErrUnavailable. A
+// failure caused by the caller's context (the caller gave up) says nothing
+// about the server and does not open the breaker.
+func (c *Client) failed(ctx context.Context, err error) error {
+	if ctx.Err() == nil {
+		c.openBreaker(err)
+	}
+	return fmt.Errorf("%w: %s at %s: %w", ErrUnavailable, c.name, c.cfg.Address, err)
+}
+
+func (c *Client) openBreaker(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	if c.backoff == 0 {
+		c.backoff = c.cfg.BackoffMin
+	} else {
+		c.backoff = min(2*c.backoff, c.cfg.BackoffMax)
+	}
+	// Jitter (up to a quarter less) keeps several frontends that lost
+	// the same master from reconnecting in lockstep.
+	wait := c.backoff
+	if q := int64(wait / 4); q > 0 {
+		wait -= time.Duration(rand.Int64N(q))
+	}
+	wait = max(wait, c.cfg.BackoffMin)
+	c.backoffUntil = time.Now().Add(wait)
+	c.lastErr = err.Error()
+	if !c.failing {
+		c.failing = true
+		c.log.Warn("mupdate server unreachable", "source", c.name, "address", c.cfg.Address, "error", err)
+	}
+}
+
+func (c *Client) succeeded() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.failing {
+		c.log.Info("mupdate server reachable again", "source", c.name, "address", c.cfg.Address)
+	}
+	c.failing = false
+	c.backoff = 0
+	c.backoffUntil = time.Time{}
+	c.lastUse = time.Now()
+}
+
+// isBroken reports whether err means the peer closed the connection.
+func isBroken(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, net.ErrClosed)
+}
+
+// withDeadline runs f with the connection deadline set to now+d or the
+// context's deadline, whichever is sooner, and aborts the I/O if the
+// context is cancelled.
+func (c *Client) withDeadline(ctx context.Context, d time.Duration, f func() error) error {
+	conn := c.conn
+	deadline := time.Now().Add(d)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	if err := conn.SetDeadline(deadline); err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	err := f()
+	if err != nil && ctx.Err() != nil {
+		err = fmt.Errorf("%w (%w)", ctx.Err(), err)
+	}
+	return err
+}
+
+func (c *Client) nextTag() string {
+	c.tagN++
+	return fmt.Sprintf("L%02d", c.tagN)
+}
+
+func (c *Client) write(s string) error {
+	_, err := io.WriteString(c.conn, s)
+	return err
+}
+
+// connect dials, reads the greeting, does STARTTLS if configured and
+// authenticates. On success c.conn is set.
+func (c *Client) connect(ctx context.Context) error {
+	c.dials.Add(1)
+	dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(dctx, "tcp", c.cfg.Address)
+	if err != nil {
+		return err
+	}
+	c.conn = conn
+	c.br = bufio.NewReader(conn)
+	c.tagN = 0
+	err = c.withDeadline(ctx, c.cfg.QueryTimeout, func() error {
+		if c.cfg.TLS == "tls" {
+			if err := c.startTLS(dctx); err != nil {
+				return err
+			}
+		}
+		mechs, starttls, err := c.readGreeting()
+		if err != nil {
+			return err
+		}
+		if c.cfg.TLS == "starttls" {
+			if !starttls {
+				return errors.New("server does not offer STARTTLS")
+			}
+			if err := c.write("S01 STARTTLS\r\n"); err != nil {
+				return err
+			}
+			if err := c.awaitOK("S01", "STARTTLS"); err != nil {
+				return err
+			}
+			if err := c.startTLS(dctx); err != nil {
+				return err
+			}
+			// RFC 3656 §5.1: the server sends its greeting again over
+			// TLS, with the mechanisms now allowed.
+			if mechs, _, err = c.readGreeting(); err != nil {
+				return err
+			}
+		}
+		return c.authenticate(mechs)
+	})
+	if err != nil {
+		c.dropConn()
+		return err
+	}
+	c.mu.Lock()
+	c.live = c.conn
+	c.mu.Unlock()
+	c.connects.Add(1)
+	c.startKeepAlive()
+	return nil
+}
+
+func (c *Client) startTLS(ctx context.Context) error {
+	cfg := c.cfg.TLSConfig
+	if cfg == nil {
+		cfg = &tls.Config{}
+	} else {
+		cfg = cfg.Clone()
+	}
+	if cfg.ServerName == "" {
+		host, _, err := net.SplitHostPort(c.cfg.Address)
+		if err != nil {
+			host = c.cfg.Address
+		}
+		cfg.ServerName = host
+	}
+	tc := tls.Client(c.conn, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	c.conn = tc
+	c.br = bufio.NewReader(tc)
+	return nil
+}
+
+// readGreeting reads the untagged capability lines up to "* OK MUPDATE"
+// (cyrus-interop §10.2). It returns the SASL mechanisms and whether
+// STARTTLS is offered.
+func (c *Client) readGreeting() (mechs []string, starttls bool, err error) {
+	for i := 0; ; i++ {
+		if i > 100 {
+			return nil, false, protoErr("greeting too long")
+		}
+		r, err := ReadResponse(c.br, c.cfg.MaxLiteral)
+		if err != nil {
+			return nil, false, fmt.Errorf("reading greeting: %w", err)
+		}
+		if r.Tag != "*" {
+			return nil, false, protoErr("tagged response %q in greeting", r.Tag)
+		}
+		switch r.Kind {
+		case "AUTH":
+			for _, m := range r.Args {
+				mechs = append(mechs, strings.ToUpper(m))
+			}
+		case "STARTTLS":
+			starttls = true
+		case "OK":
+			if len(r.Args) == 0 || !strings.EqualFold(r.Args[0], "MUPDATE") {
+				return nil, false, protoErr("greeting is not MUPDATE: %q", r.Args)
+			}
+			return mechs, starttls, nil
+		case "BYE", "NO", "BAD":
+			return nil, false, fmt.Errorf("server refused connection: %s %q", r.Kind, strings.Join(r.Args, " "))
+		default:
+			// COMPRESS, PARTIAL-UPDATE and anything newer: not used.
+		}
+	}
+}
+
+// authenticate logs in with SASL PLAIN and an initial response, in the
+// form Cyrus's own client sends: the mechanism quoted and the response as
+// a non-synchronising literal (cyrus-interop §10.6). Cyrus's server reads
+// further challenges as bare lines, so only a one-round mechanism is safe.
+func (c *Client) authenticate(mechs []string) error {
+	if c.cfg.AuthName == "" {
+		return nil
+	}
+	plain := false
+	for _, m := range mechs {
+		plain = plain || m == "PLAIN"
+	}
+	if !plain {
+		return fmt.Errorf("server does not offer SASL PLAIN (offers %q); it may need allowplaintext or TLS", mechs)
+	}
+	_, ir, err := sasl.NewPlainClient(c.cfg.AuthzID, c.cfg.AuthName, c.cfg.Password).Start()
+	if err != nil {
+		return err
+	}
+	b64 := base64.StdEncoding.EncodeToString(ir)
+	if err := c.write(fmt.Sprintf("A01 AUTHENTICATE \"PLAIN\" {%d+}\r\n%s\r\n", len(b64), b64)); err != nil {
+		return err
+	}
+	if err := c.awaitOK("A01", "AUTHENTICATE"); err != nil {
+		return fmt.Errorf("authentication as %q failed: %w", c.cfg.AuthName, err)
+	}
+	return nil
+}
+
+// dropConn closes the connection without ceremony.
+func (c *Client) dropConn() {
+	if c.conn != nil {
+		c.conn.Close()
+	}
+	c.conn, c.br = nil, nil
+	c.mu.Lock()
+	c.live = nil
+	c.mu.Unlock()
+}
+
+// startKeepAlive starts the NOOP loop once, on the first connection.
+func (c *Client) startKeepAlive() {
+	if c.cfg.KeepAlive < 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.kaStarted || c.closed {
+		return
+	}
+	c.kaStarted = true
+	c.lastUse = time.Now()
+	go c.keepAliveLoop()
+}
+
+func (c *Client) keepAliveLoop() {
+	t := time.NewTimer(c.cfg.KeepAlive)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+		c.mu.Lock()
+		idle := time.Since(c.lastUse)
+		c.mu.Unlock()
+		if idle < c.cfg.KeepAlive {
+			t.Reset(c.cfg.KeepAlive - idle)
+			continue
+		}
+		c.keepAlive()
+		t.Reset(c.cfg.KeepAlive)
+	}
+}
+
+// keepAlive sends NOOP on an idle open connection. It never dials: an idle
+// client with no connection has nothing to keep alive, and the breaker
+// decides when to try again. A failed NOOP opens the breaker, so the next
+// message does not wait for a dead server.
+func (c *Client) keepAlive() {
+	select {
+	case c.sem <- struct{}{}:
+	default:
+		return // a query is using the connection, so it is not idle
+	}
+	defer func() { <-c.sem }()
+	if c.conn == nil {
+		return
+	}
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		return
+	}
+	err := c.withDeadline(context.Background(), c.cfg.QueryTimeout, c.noop)
+	if err != nil {
+		c.dropConn()
+		c.openBreaker(fmt.Errorf("keep-alive NOOP: %w", err))
+		return
+	}
+	c.succeeded()
+}
+
+// Close sends LOGOUT (best effort) and closes the connection. Afterwards
+// Lookup and Ping return ErrClosed. Close is idempotent.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	close(c.done)
+	live := c.live
+	c.mu.Unlock()
+
+	t := time.NewTimer(c.cfg.QueryTimeout)
+	defer t.Stop()
+	select {
+	case c.sem <- struct{}{}:
+		defer func() { <-c.sem }()
+		if c.conn != nil {
+			c.conn.SetDeadline(time.Now().Add(min(c.cfg.QueryTimeout, time.Second)))
+			if c.write("Q01 LOGOUT\r\n") == nil {
+				c.awaitOK("Q01", "LOGOUT")
+			}
+			c.dropConn()
+		}
+	case <-t.C:
+		// A query is stuck on the connection: closing it ends the query.
+		if live != nil {
+			live.Close()
+		}
+	}
+	return nil
+}
+
+// Stats returns the counters and the breaker state.
+func (c *Client) Stats() Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := Stats{
+		Dials:     c.dials.Load(),
+		Connects:  c.connects.Load(),
+		Queries:   c.queries.Load(),
+		LastError: c.lastErr,
+	}
+	switch {
+	case c.closed:
+		s.State = "closed"
+	case time.Now().Before(c.backoffUntil):
+		s.State = "backoff"
+		s.BackoffUntil = c.backoffUntil
+	case c.live != nil:
+		s.State = "connected"
+	default:
+		s.State = "idle"
+	}
+	return s
+}
