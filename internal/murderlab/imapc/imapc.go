@@ -353,6 +353,7 @@ func ReadResponse(r *bufio.Reader) (Response, error) {
 	resp.Tag = tag
 	if tag == "+" {
 		resp.Text, err = restOfLine(r)
+		resp.Text = strings.TrimPrefix(resp.Text, " ")
 		return resp, err
 	}
 	if err := expectSP(r); err != nil {
