@@ -334,7 +334,7 @@ func (c *Client) do(ctx context.Context, op func() error) error {
 		// A connection that sat idle may have been closed by the server
 		// (restart, idle timeout) without our noticing; that is not the
 		// server being down, so try once more on a fresh connection.
-		if reused && attempt == 0 && ctx.Err() == nil && isBroken(err) {
+		if reused && attempt == 0 && ctx.Err() == nil && !errors.Is(err, errCaller) && isBroken(err) {
 			c.log.Debug("mupdate connection was closed, reconnecting", "source", c.name, "address", c.cfg.Address, "error", err)
 			continue
 		}
@@ -360,7 +360,7 @@ func (c *Client) admit() error {
 // failure caused by the caller's context (the caller gave up) says nothing
 // about the server and does not open the breaker.
 func (c *Client) failed(ctx context.Context, err error) error {
-	if ctx.Err() == nil {
+	if ctx.Err() == nil && !errors.Is(err, errCaller) {
 		c.openBreaker(err)
 	}
 	return fmt.Errorf("%w: %s at %s: %w", ErrUnavailable, c.name, c.cfg.Address, err)
@@ -417,8 +417,9 @@ func isBroken(err error) bool {
 func (c *Client) withDeadline(ctx context.Context, d time.Duration, f func() error) error {
 	conn := c.conn
 	deadline := time.Now().Add(d)
+	callerBound := false
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-		deadline = dl
+		deadline, callerBound = dl, true
 	}
 	if err := conn.SetDeadline(deadline); err != nil {
 		return err
@@ -426,11 +427,22 @@ func (c *Client) withDeadline(ctx context.Context, d time.Duration, f func() err
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	err := f()
-	if err != nil && ctx.Err() != nil {
-		err = fmt.Errorf("%w (%w)", ctx.Err(), err)
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		err = fmt.Errorf("%w: %w (%w)", errCaller, ctx.Err(), err)
+	case callerBound && !time.Now().Before(deadline):
+		// The socket deadline can fire a moment before the context
+		// notices its own; it was the caller's deadline all the same.
+		err = fmt.Errorf("%w: %w (%w)", errCaller, context.DeadlineExceeded, err)
 	}
 	return err
 }
+
+// errCaller marks a failure caused by the caller's context (cancelled or
+// its deadline, shorter than ours, passed): it says nothing about the
+// server.
+var errCaller = errors.New("caller gave up")
 
 func (c *Client) nextTag() string {
 	c.tagN++
