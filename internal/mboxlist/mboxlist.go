@@ -85,12 +85,13 @@ type fileInfo struct {
 	FileSize      int64
 	CommittedSize int64
 	Dirty         bool
+	Ctime         int64 // status-change time, ns; 0 if unknown
 }
 
 func (a fileInfo) same(b fileInfo) bool {
 	return a.Inode == b.Inode && a.Generation == b.Generation &&
 		a.FileSize == b.FileSize && a.CommittedSize == b.CommittedSize &&
-		a.Format == b.Format
+		a.Format == b.Format && a.Ctime == b.Ctime
 }
 
 // store is how the DB reads the file; the cyrusdb package in production,
@@ -129,7 +130,10 @@ type DB struct {
 	cur      fileInfo // identity of the loaded file; valid if idx != nil
 	failed   fileInfo // identity of a file that failed to load
 	hasFail  bool
-	problem  string // last logged problem; "" when healthy
+	// statFailed: the last stat failed, so the next good one reads the
+	// file whatever its identity.
+	statFailed bool
+	problem    string // last logged problem; "" when healthy
 
 	mu     sync.Mutex // guards status
 	status Status
@@ -231,10 +235,12 @@ func (d *DB) check(ctx context.Context, force bool) error {
 
 	info, err := d.store.stat(d.cfg.Path, d.cfg.Format)
 	if err != nil {
+		// Whatever the file becomes next, read it in full.
+		d.statFailed = true
 		d.report(err)
 		return err
 	}
-	if !force {
+	if !force && !d.statFailed {
 		if d.idx.Load() != nil && info.same(d.cur) && !d.hasFail {
 			return nil
 		}
@@ -251,19 +257,19 @@ func (d *DB) check(ctx context.Context, force bool) error {
 	src, rinfo, err := d.store.read(rctx, d.cfg.Path, d.cfg.Format)
 	cancel()
 	if err != nil {
-		d.failed, d.hasFail = info, true
+		d.failed, d.hasFail, d.statFailed = info, true, false
 		d.report(err)
 		return err
 	}
 	info = rinfo
 	x, st, err := buildIndex(src)
 	if err != nil {
-		d.failed, d.hasFail = info, true
+		d.failed, d.hasFail, d.statFailed = info, true, false
 		d.report(err)
 		return err
 	}
 	d.idx.Store(x)
-	d.cur, d.hasFail = info, false
+	d.cur, d.hasFail, d.statFailed = info, false, false
 	now := time.Now()
 	d.mu.Lock()
 	d.status.Loaded = true

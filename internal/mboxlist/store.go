@@ -8,7 +8,9 @@ import (
 	"github.com/lmtpgate/lmtpgate/internal/cyrusdb"
 )
 
-// cyrusdbStore reads the file through the cyrusdb package.
+// cyrusdbStore reads the file through the cyrusdb package: a cheap header
+// stat to decide whether anything changed, and a full read of the
+// committed state under Cyrus's shared lock (interop notes §6).
 type cyrusdbStore struct{}
 
 func infoOf(i cyrusdb.Info) fileInfo {
@@ -22,30 +24,40 @@ func infoOf(i cyrusdb.Info) fileInfo {
 	}
 }
 
-func (cyrusdbStore) stat(path string, f cyrusdb.Format) (fileInfo, error) {
+// changeTime returns the file's status-change time in nanoseconds, or 0.
+// Inode numbers are reused as soon as a file is unlinked, so a flat or
+// skiplist file replaced by one of the same size could otherwise look
+// unchanged; the ctime tells them apart (a rename updates it too).
+func changeTime(path string) int64 {
 	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Ctim.Nano()
+	}
+	return fi.ModTime().UnixNano()
+}
+
+func (cyrusdbStore) stat(path string, f cyrusdb.Format) (fileInfo, error) {
+	i, err := cyrusdb.Stat(path)
 	if err != nil {
 		return fileInfo{}, err
 	}
-	var ino uint64
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		ino = st.Ino
-	}
-	return fileInfo{Format: f, Inode: ino, FileSize: fi.Size(), CommittedSize: fi.ModTime().UnixNano()}, nil
+	info := infoOf(i)
+	info.Ctime = changeTime(path)
+	return info, nil
 }
 
-func (s cyrusdbStore) read(ctx context.Context, path string, f cyrusdb.Format) (recordSource, fileInfo, error) {
-	info, err := s.stat(path, f)
+func (cyrusdbStore) read(ctx context.Context, path string, f cyrusdb.Format) (recordSource, fileInfo, error) {
+	// The ctime is taken before the read, so it is never newer than the
+	// state read; a change in between makes the next check read again.
+	ctime := changeTime(path)
+	db, err := cyrusdb.ReadFile(ctx, path, f)
 	if err != nil {
 		return nil, fileInfo{}, err
 	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fileInfo{}, err
-	}
-	db, err := cyrusdb.Parse(data, f)
-	if err != nil {
-		return nil, fileInfo{}, err
-	}
+	info := infoOf(db.Info)
+	info.Ctime = ctime
 	return db, info, nil
 }

@@ -386,3 +386,40 @@ func TestLoadOnce(t *testing.T) {
 		t.Errorf("missing file: %v", err)
 	}
 }
+
+// An unchanged file is not re-read: the identity from the cheap header
+// stat must match the one recorded from the full read, for every engine.
+// (Otherwise every poll would rebuild the whole index.)
+func TestUnchangedFileNotReread(t *testing.T) {
+	for _, format := range []string{"twoskip", "skiplist", "flat"} {
+		t.Run(format, func(t *testing.T) {
+			data, err := os.ReadFile("testdata/frontend.mailboxes.db." + format)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h, err := startDB(t, Config{ForcePolling: true, PollInterval: time.Hour}, data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st := h.d.Status()
+			if st.Format.String() != format || st.Entries != 10 || st.Inode == 0 {
+				t.Errorf("status = %+v", st)
+			}
+			for i := 0; i < 3; i++ {
+				if err := h.d.check(context.Background(), false); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := h.d.Status().LoadedAt; !got.Equal(st.LoadedAt) {
+				t.Errorf("unchanged %s file was re-read", format)
+			}
+			// Whereas a forced reload does read it.
+			if err := h.d.Reload(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if got := h.d.Status().LoadedAt; got.Equal(st.LoadedAt) {
+				t.Errorf("Reload did not re-read")
+			}
+		})
+	}
+}
