@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -89,6 +91,9 @@ type Result struct {
 	// BytesSent is message bytes written in DATA.
 	BytesSent int64 `json:"bytes_sent"`
 
+	// SetupSeconds is the time to open all connections before the
+	// clock started; WallSeconds runs from then to the last reply.
+	SetupSeconds     float64 `json:"setup_seconds"`
 	WallSeconds      float64 `json:"wall_seconds"`
 	MsgsPerSec       float64 `json:"msgs_per_sec"`       // Completed / wall
 	DeliveriesPerSec float64 `json:"deliveries_per_sec"` // Replies2xx / wall
@@ -131,6 +136,15 @@ func (c *Config) validate() error {
 	if len(c.RcptMix) == 0 || len(c.SizeMix) == 0 {
 		return errors.New("empty mix")
 	}
+	if c.PID < 0 {
+		return fmt.Errorf("bad pid %d", c.PID)
+	}
+	if c.PID > 0 {
+		// Fail before opening any connection, not after.
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d/stat", c.PID)); err != nil {
+			return fmt.Errorf("pid %d: %w", c.PID, err)
+		}
+	}
 	return checkMix(c.RcptMix, c.Backends)
 }
 
@@ -155,13 +169,6 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	for i, sc := range cfg.SizeMix {
 		bodies[i] = NewBody(sc.Bytes, cfg.Seed)
 	}
-	var sampler *Sampler
-	if cfg.PID != 0 {
-		var err error
-		if sampler, err = StartSampler(cfg.PID, cfg.PIDTree, cfg.SampleInterval); err != nil {
-			return nil, fmt.Errorf("sample pid %d: %w", cfg.PID, err)
-		}
-	}
 	res := &Result{
 		Label: cfg.Label, Target: cfg.Target, Conns: cfg.Conns,
 		RcptMix: cfg.RcptMix.String(), SizeMix: cfg.SizeMix.String(),
@@ -169,25 +176,49 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		ClassCounts: map[string]int{}, SizeCounts: map[string]int{},
 	}
 	if len(cfg.Direct) > 0 {
-		res.Target = "direct:" + fmt.Sprint(cfg.Direct)
+		res.Target = "direct:" + strings.Join(cfg.Direct, ",")
 	}
-	start := time.Now()
-	res.Started = start.UTC()
-	var deadline time.Time
-	if cfg.Messages == 0 {
-		deadline = start.Add(cfg.Duration)
-	}
-	g := &gen{cfg: &cfg, bodies: bodies, runID: strconv.FormatInt(start.UnixNano(), 36), deadline: deadline}
+	// Connections are opened (LHLO, AUTH) before the clock starts: the
+	// measurement is of steady-state delivery over persistent
+	// connections, as an MTA keeps them, not of connection set-up, which
+	// is reported separately.
+	setup := time.Now()
+	g := &gen{cfg: &cfg, bodies: bodies, runID: strconv.FormatInt(setup.UnixNano(), 36), start: make(chan struct{})}
 	workers := make([]*worker, cfg.Conns)
-	var wg sync.WaitGroup
+	var wg, ready sync.WaitGroup
 	for i := range workers {
 		w := &worker{g: g, id: i, conns: make([]*Client, max(len(cfg.Direct), 1)),
 			classCounts: map[string]int{}, sizeCounts: map[string]int{}}
 		workers[i] = w
-		wg.Go(func() { w.run(ctx) })
+		ready.Add(1)
+		wg.Go(func() { w.run(ctx, ready.Done) })
 	}
+	ready.Wait()
+	var sampler *Sampler
+	if cfg.PID != 0 {
+		var err error
+		if sampler, err = StartSampler(cfg.PID, cfg.PIDTree, cfg.SampleInterval); err != nil {
+			g.abort.Store(true) // workers stop at once
+			close(g.start)
+			wg.Wait()
+			return nil, fmt.Errorf("sample pid %d: %w", cfg.PID, err)
+		}
+	}
+	start := time.Now()
+	res.SetupSeconds = start.Sub(setup).Seconds()
+	res.Started = start.UTC()
+	if cfg.Messages == 0 {
+		g.deadline = start.Add(cfg.Duration)
+	}
+	close(g.start)
 	wg.Wait()
-	wall := time.Since(start)
+	end := start
+	for _, w := range workers {
+		if w.finished.After(end) {
+			end = w.finished
+		}
+	}
+	wall := end.Sub(start)
 	if sampler != nil {
 		ps := sampler.Stop()
 		res.Proc = &ps
@@ -228,8 +259,10 @@ type gen struct {
 	cfg      *Config
 	bodies   []Body
 	runID    string
-	deadline time.Time
+	deadline time.Time // set before start is closed
+	start    chan struct{}
 	next     atomic.Int64
+	abort    atomic.Bool
 }
 
 // worker drives one connection (or, in direct mode, one per backend).
@@ -244,12 +277,30 @@ type worker struct {
 	bytes                      int64
 	firstErr                   error
 	lat                        []time.Duration
+	finished                   time.Time
 	classCounts, sizeCounts    map[string]int
 }
 
-func (w *worker) run(ctx context.Context) {
+func (w *worker) run(ctx context.Context, ready func()) {
 	cfg := w.g.cfg
+	// Warm up: open every connection this worker will use. A failure is
+	// counted and the connection is tried again with the first message.
+	for i := range w.conns {
+		target := cfg.Target
+		if len(cfg.Direct) > 0 {
+			target = cfg.Direct[i]
+		}
+		c, err := w.dial(ctx, target)
+		if err != nil {
+			w.fail(err)
+			continue
+		}
+		w.conns[i] = c
+	}
+	ready()
+	<-w.g.start
 	defer func() {
+		w.finished = time.Now() // QUIT is not part of the measurement
 		for _, c := range w.conns {
 			if c != nil {
 				c.Quit()
@@ -267,7 +318,7 @@ func (w *worker) run(ctx context.Context) {
 		header []byte
 		sub    []int
 	)
-	for ctx.Err() == nil {
+	for ctx.Err() == nil && !w.g.abort.Load() {
 		idx := w.g.next.Add(1) - 1
 		if cfg.Messages > 0 && idx >= int64(cfg.Messages) {
 			return

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lmtpgate/lmtpgate/internal/bench"
+)
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestRunNullBackendAndReport(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var nbOut syncBuffer
+	nbDone := make(chan error, 1)
+	go func() {
+		nbDone <- run(ctx, []string{"null-backend", "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"}, &nbOut, os.Stderr)
+	}()
+	re := regexp.MustCompile(`listening on (\S+)`)
+	var addrs []string
+	for deadline := time.Now().Add(30 * time.Second); len(addrs) < 2; {
+		if time.Now().After(deadline) {
+			t.Fatalf("null backend did not start: %q", nbOut.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+		addrs = nil
+		for _, m := range re.FindAllStringSubmatch(nbOut.String(), -1) {
+			addrs = append(addrs, m[1])
+		}
+	}
+
+	dir := t.TempDir()
+	bes := "be1=a1@x,a2@x;be2=c1@x,c2@x"
+	var out bytes.Buffer
+	err := run(ctx, []string{"run", "--target", addrs[0], "--conns", "4", "--messages", "100",
+		"--rcpts-mix", "1:50,2x:50", "--size-mix", "1KiB:9,64KiB:1", "--backend-addrs", bes,
+		"--pid", strconv.Itoa(os.Getpid()), "--json", filepath.Join(dir, "b.json")}, &out, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"deliveries/s", "messages/s", "p50", "p99", "100 completed", "4xx 0, 5xx 0, no reply 0", "s / 1000 msgs"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("run output lacks %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	err = run(ctx, []string{"run", "--direct", "be1=" + addrs[0] + ";be2=" + addrs[1], "--auth-user", "proxy", "--auth-pass", "x",
+		"--conns", "2", "--messages", "50", "--rcpts-mix", "2x:1", "--size-mix", "1KiB:1", "--backend-addrs", bes,
+		"--label", "direct", "--json", filepath.Join(dir, "d.json")}, &out, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := bench.ReadResult(filepath.Join(dir, "d.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Completed != 50 || r.Replies2xx != 100 || r.Label != "direct" || r.Machine == nil {
+		t.Errorf("direct result %+v", r)
+	}
+
+	md := filepath.Join(dir, "results.md")
+	if err := run(ctx, []string{"report", "-o", md, "b=" + filepath.Join(dir, "b.json"), "d=" + filepath.Join(dir, "d.json")}, &out, os.Stderr); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(md)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"| b | lmtpgate, order [mailboxes-db] |", "| d | direct |", "| b/d |", "## Machine"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("report lacks %q:\n%s", want, b)
+		}
+	}
+
+	cancel()
+	if err := <-nbDone; err != nil {
+		t.Error(err)
+	}
+	rb, err := bench.ReadResult(filepath.Join(dir, "b.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "deliveries " + strconv.Itoa(rb.Recipients+100) + " "; !strings.Contains(nbOut.String(), want) {
+		t.Errorf("null backend counters: %q", nbOut.String())
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	ctx := context.Background()
+	for _, args := range [][]string{
+		nil,
+		{"bogus"},
+		{"run", "--backend-addrs", ""},
+		{"run", "--backend-addrs", "be1=a@x", "--rcpts-mix", "zz"},
+		{"run", "--backend-addrs", "be1=a@x", "--size-mix", "1GiB:1"},
+		{"run", "--backend-addrs", "be1=a@x", "--direct", "be2=127.0.0.1:1"},
+		{"run", "--backend-addrs", "be1=a@x", "--target", "127.0.0.1:1", "extra"},
+		{"null-backend"},
+		{"report"},
+		{"report", "a"},
+		{"report", "a=/nonexistent.json"},
+	} {
+		if err := run(ctx, args, &bytes.Buffer{}, &bytes.Buffer{}); err == nil {
+			t.Errorf("%q accepted", args)
+		}
+	}
+}
+
+func TestParseDirect(t *testing.T) {
+	bes := []bench.Backend{{Name: "be1"}, {Name: "be2"}}
+	got, err := parseDirect("be2=127.0.0.3:2003; be1=unix:/run/l.sock", bes)
+	if err != nil || got[0] != "unix:/run/l.sock" || got[1] != "127.0.0.3:2003" {
+		t.Errorf("%v %v", got, err)
+	}
+	for _, bad := range []string{"be1=x", "be1=x;be2=y;be3=z", "be1;be2=y", "=x"} {
+		if _, err := parseDirect(bad, bes); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
