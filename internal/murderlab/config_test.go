@@ -1,6 +1,8 @@
 package murderlab
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -124,5 +126,18 @@ func TestStartNeedsDir(t *testing.T) {
 	}
 	if _, err := Start(t.Context(), Options{Dir: t.TempDir(), Backends: -1}); err == nil {
 		t.Error("Start with Backends -1 succeeded")
+	}
+}
+
+func TestStartRefusesUsedDir(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "master"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "master", "imapd.conf"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Start(t.Context(), Options{Dir: dir}); err == nil || !strings.Contains(err.Error(), "already holds a lab") {
+		t.Errorf("Start on a used Dir: %v", err)
 	}
 }

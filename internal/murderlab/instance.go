@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -37,6 +38,37 @@ type instance struct {
 	done    chan struct{} // closed when cmd has been waited for
 	waitErr error
 	logf    *os.File
+
+	watchdog *exec.Cmd
+	wdPipe   io.WriteCloser // held open for the watchdog's lifetime
+}
+
+// watchdogScript waits for EOF on stdin, which comes when the process that
+// started the lab dies without Close (SIGKILL, a test timeout), and then
+// stops the Cyrus process group given as $1. Pdeathsig cannot do this: the
+// kernel clears it when Cyrus master switches to user cyrus.
+const watchdogScript = `read _ || true
+kill -TERM "-$1" 2>/dev/null || exit 0
+i=0
+while [ $i -lt 50 ]; do kill -0 "-$1" 2>/dev/null || exit 0; sleep 0.1; i=$((i+1)); done
+kill -KILL "-$1" 2>/dev/null
+exit 0`
+
+// startWatchdog starts a shell in a process group of its own whose stdin is
+// a pipe only this process holds. Normal stops kill the watchdog first. A
+// failure to start it is not fatal: the lab works, only without the safety
+// net.
+func startWatchdog(pgid int) (*exec.Cmd, io.WriteCloser) {
+	w := exec.Command("/bin/sh", "-c", watchdogScript, "murderlab-watchdog", strconv.Itoa(pgid))
+	w.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	pipe, err := w.StdinPipe()
+	if err != nil {
+		return nil, nil
+	}
+	if err := w.Start(); err != nil {
+		return nil, nil
+	}
+	return w, pipe
 }
 
 func (in *instance) logPath() string { return filepath.Join(in.dir, "master.log") }
@@ -72,6 +104,7 @@ func (in *instance) start(ctx context.Context) error {
 		return fmt.Errorf("murderlab: start %s: %w", in.name, err)
 	}
 	in.cmd, in.logf = cmd, lf
+	in.watchdog, in.wdPipe = startWatchdog(cmd.Process.Pid)
 	in.done = make(chan struct{})
 	go func(done chan struct{}) {
 		err := cmd.Wait()
@@ -158,10 +191,17 @@ func probeGreeting(ctx context.Context, addr string) bool {
 // signalled. Stopping a stopped instance is a no-op.
 func (in *instance) stop() error {
 	in.mu.Lock()
-	cmd, done, lf := in.cmd, in.done, in.logf
+	cmd, done, lf, wd, wdp := in.cmd, in.done, in.logf, in.watchdog, in.wdPipe
+	in.watchdog, in.wdPipe = nil, nil
 	in.mu.Unlock()
 	if cmd == nil {
 		return nil
+	}
+	if wd != nil {
+		// Only the watchdog this instance started, by its PID.
+		_ = wd.Process.Kill()
+		_ = wd.Wait()
+		wdp.Close()
 	}
 	pgid := cmd.Process.Pid
 	select {

@@ -53,8 +53,9 @@ import (
 
 // Options configure a lab.
 type Options struct {
-	// Dir is required; the instances live under it. The caller owns it
-	// (t.TempDir() or a demo directory); Close removes nothing.
+	// Dir is required; the instances live under it. It must not hold an
+	// earlier lab. The caller owns it (t.TempDir() or a demo directory);
+	// Close removes nothing.
 	Dir string
 	// Backends is the number of backends; 0 means 2.
 	Backends int
@@ -152,14 +153,19 @@ func Start(ctx context.Context, opt Options) (*Lab, error) {
 	if opt.Backends < 1 || opt.Backends > 200 {
 		return nil, fmt.Errorf("murderlab: Backends = %d out of range 1..200", opt.Backends)
 	}
-	if err := Available(); err != nil {
-		return nil, err
-	}
 	dir, err := filepath.Abs(opt.Dir)
 	if err != nil {
 		return nil, err
 	}
 	opt.Dir = dir
+	// Reusing a lab directory would mix a new random net with mailboxes.db
+	// entries naming the old one's servers.
+	if _, err := os.Stat(filepath.Join(dir, "master", "imapd.conf")); err == nil {
+		return nil, fmt.Errorf("murderlab: %s already holds a lab; use an empty directory", dir)
+	}
+	if err := Available(); err != nil {
+		return nil, err
+	}
 	if err := ensureServicesLMTP(); err != nil {
 		return nil, err
 	}
