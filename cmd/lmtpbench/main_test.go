@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/lmtpgate/lmtpgate/internal/bench"
+	"github.com/lmtpgate/lmtpgate/internal/murderlab"
 )
 
 // syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
@@ -141,5 +142,34 @@ func TestParseDirect(t *testing.T) {
 		if _, err := parseDirect(bad, bes); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
+	}
+}
+
+func TestLabRealCyrus(t *testing.T) {
+	murderlab.RequireCyrus(t)
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	err := run(ctx, []string{"lab", "--dir", dir, "--mailboxes", "3", "--conns", "2", "--messages", "20",
+		"--rcpts-mix", "1:1,2x:1", "--size-mix", "1KiB:1"}, &out, os.Stderr)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	for _, k := range []string{"a", "d"} {
+		r, err := bench.ReadResult(filepath.Join(dir, k+".json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Completed != 20 || r.Replies2xx != r.Recipients || r.Recipients < 20 {
+			t.Errorf("run %s: %+v", k, r)
+		}
+		if k == "a" && (r.Proc == nil || r.Proc.MaxProcs < 2) {
+			t.Errorf("run a: proxy tree not sampled: %+v", r.Proc)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "results.md"))
+	if err != nil || !strings.Contains(string(b), "| a | Cyrus frontend LMTP proxy") {
+		t.Errorf("results.md: %v\n%s", err, b)
 	}
 }
