@@ -97,10 +97,13 @@ func TestStartActivated(t *testing.T) {
 	}
 	lmtpFile.Close()
 	metricsFile.Close()
+	// Stop waiting as soon as the helper exits, so a failing helper
+	// reports its stderr at once.
+	wctx, exited := context.WithCancel(ctx(t))
 	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait() }()
+	go func() { waited <- cmd.Wait(); exited() }()
 
-	m, err := notify.WaitFor(ctx(t), "READY", "1")
+	m, err := notify.WaitFor(wctx, "READY", "1")
 	if err != nil {
 		t.Fatalf("no READY: %v (helper stderr: %s)", err, stderr.String())
 	}
