@@ -180,8 +180,9 @@ type Stats struct {
 	Dials uint64
 	// Reuses counts pooled connections that passed the health check.
 	Reuses uint64
-	// Broken counts connections closed after an error or a failed
-	// health check.
+	// Broken counts connections closed instead of pooled: after an
+	// error, a timeout, a failed health check, or a transaction that
+	// did not end cleanly (MAIL or DATA refused, no recipient accepted).
 	Broken uint64
 	// Idle is the number of pooled connections now.
 	Idle int
