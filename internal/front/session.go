@@ -88,56 +88,75 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		// go-smtp enforces MAIL before RCPT; this is only a guard.
 		return replySyntax
 	}
-	addr, err := address.Parse(rt.Address, to)
-	if err != nil {
-		var ae *address.Error
-		rep := replySyntax
-		if errors.As(err, &ae) && ae.NoMailbox {
-			rep = replyUnknown
-		}
-		s.logRcpt(slog.LevelInfo, to, "", "", "", rep, start, "err", err.Error())
-		return rep
-	}
-	res := rt.Chain.Resolve(s.srv.deliverCtx, addr.Mailbox, false)
-	var rep *smtp.SMTPError
-	switch res.Status {
-	case lookup.NotFound:
-		rep = replyUnknown
-	case lookup.Unavailable:
-		rep = replyLookupFailed
-	case lookup.Found:
-		switch {
-		case res.Entry.State == lookup.Reserved:
-			rep = replyReserved
-		case res.Entry.State == lookup.Moving:
-			rep = replyMoving
-		case res.Entry.Server == "":
-			rep = replyNoBackend
-		case addr.Shared:
-			rep = s.sharedRights(res.Entry)
-		}
-	}
-	if rep != nil {
+	v := Check(s.srv.deliverCtx, rt, to, s.authID, false)
+	if v.Reply != nil {
 		attrs := []any{}
-		if res.Err != nil {
-			attrs = append(attrs, "err", res.Err.Error())
+		if v.Err != nil {
+			attrs = append(attrs, "err", v.Err.Error())
 		}
-		s.logRcpt(slog.LevelInfo, to, addr.Mailbox, res.Entry.Server, res.Source, rep, start, attrs...)
-		return rep
+		s.logRcpt(slog.LevelInfo, to, v.Recipient.Mailbox, v.Result.Entry.Server, v.Result.Source, v.Reply, start, attrs...)
+		return v.Reply
 	}
-	s.rcpts = append(s.rcpts, recipient{to: to, addr: addr, entry: res.Entry, source: res.Source, started: start})
+	s.rcpts = append(s.rcpts, recipient{to: to, addr: v.Recipient, entry: v.Result.Entry, source: v.Result.Source, started: start})
 	if s.srv.log.Enabled(context.Background(), slog.LevelDebug) {
-		s.srv.log.Debug("rcpt accepted", "session", s.id, "rcpt", to, "mailbox", addr.Mailbox, "backend", res.Entry.Server, "source", res.Source)
+		s.srv.log.Debug("rcpt accepted", "session", s.id, "rcpt", to, "mailbox", v.Recipient.Mailbox, "backend", v.Result.Entry.Server, "source", v.Result.Source)
 	}
 	return nil
+}
+
+// Verdict is what lmtpgate answers at RCPT time for one address.
+type Verdict struct {
+	Recipient address.Recipient
+	Result    lookup.Result
+	// Reply is nil when the recipient is accepted.
+	Reply *smtp.SMTPError
+	// Err is the parse or lookup error behind a refusal, for the log.
+	Err error
+}
+
+// Check decides the RCPT-time answer for rcpt under rt, exactly as a
+// session does; `lmtpgate resolve` uses it too, so the diagnostic never
+// disagrees with the daemon. authID is the MTA's AUTH= identity ("" for
+// none), which shared folders check for the 'p' right.
+func Check(ctx context.Context, rt *Runtime, rcpt, authID string, trace bool) Verdict {
+	var v Verdict
+	addr, err := address.Parse(rt.Address, rcpt)
+	if err != nil {
+		var ae *address.Error
+		v.Reply, v.Err = replySyntax, err
+		if errors.As(err, &ae) && ae.NoMailbox {
+			v.Reply = replyUnknown
+		}
+		return v
+	}
+	v.Recipient = addr
+	v.Result = rt.Chain.Resolve(ctx, addr.Mailbox, trace)
+	v.Err = v.Result.Err
+	switch v.Result.Status {
+	case lookup.NotFound:
+		v.Reply = replyUnknown
+	case lookup.Unavailable:
+		v.Reply = replyLookupFailed
+	case lookup.Found:
+		switch e := v.Result.Entry; {
+		case e.State == lookup.Reserved:
+			v.Reply = replyReserved
+		case e.State == lookup.Moving:
+			v.Reply = replyMoving
+		case e.Server == "":
+			v.Reply = replyNoBackend
+		case addr.Shared:
+			v.Reply = sharedRights(e, authID)
+		}
+	}
+	return v
 }
 
 // sharedRights applies Cyrus's RCPT-time check for shared folders: the
 // poster (the MTA's AUTH= identity, else anonymous) needs the 'p' right;
 // without it but with 'l' the answer is "permission denied", without both
 // the mailbox is treated as unknown, so its existence does not leak.
-func (s *session) sharedRights(e lookup.Entry) *smtp.SMTPError {
-	id := s.authID
+func sharedRights(e lookup.Entry, id string) *smtp.SMTPError {
 	if id == "" {
 		id = "anonymous"
 	}
