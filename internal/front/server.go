@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -217,13 +218,19 @@ func itoa(n uint64) string {
 	}
 }
 
-// slogLogger routes go-smtp's own error log (accept errors, panics) to slog.
+// slogLogger routes go-smtp's own error log to slog. go-smtp reports every
+// connection an MTA (or a health check) drops as an error; only panics are
+// worth an operator's attention, the rest is DEBUG.
 type slogLogger struct{ l *slog.Logger }
 
-func (l slogLogger) Printf(format string, v ...any) {
-	l.l.Warn("lmtp server", "err", fmt.Sprintf(format, v...))
-}
+func (l slogLogger) Printf(format string, v ...any) { l.log(fmt.Sprintf(format, v...)) }
 
-func (l slogLogger) Println(v ...any) {
-	l.l.Warn("lmtp server", "err", fmt.Sprint(v...))
+func (l slogLogger) Println(v ...any) { l.log(fmt.Sprint(v...)) }
+
+func (l slogLogger) log(msg string) {
+	if strings.Contains(msg, "panic") {
+		l.l.Error("lmtp server", "err", msg)
+		return
+	}
+	l.l.Debug("lmtp server", "err", msg)
 }
