@@ -403,7 +403,12 @@ func (b *builder) build(r *raw) {
 	c.ImapdConf = b.str(r.ImapdConf, "", "")
 	if c.ImapdConf != "" {
 		im, err := LoadImapdConf(c.ImapdConf)
-		if err != nil {
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			// The packaged file names /etc/imapd.conf; on a host without
+			// Cyrus the operator needs to know the way out, not just ENOENT.
+			b.fail("imapd_conf", "%v (no Cyrus on this host? set imapd_conf: \"\" and give lookup.order, lookup.master_mupdate and backends in this file; see HOSTS WITHOUT CYRUS in lmtpgate.yaml(5))", err)
+		case err != nil:
 			b.fail("imapd_conf", "%v", err)
 		}
 		b.im = im
