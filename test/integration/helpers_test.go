@@ -8,8 +8,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -28,18 +28,31 @@ var msgSeq atomic.Int64
 // Message-ID used (unique, since Cyrus suppresses duplicates).
 func send(t *testing.T, addr string, rcpts []string, subject string) (rcptRep, dataRep map[string]string, msgID string) {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	rcptRep, dataRep, msgID, err := sendMsg(addr, rcpts, subject, "", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return rcptRep, dataRep, msgID
+}
+
+// sendMsg is send without a *testing.T, for use from several goroutines:
+// msgID "" means a new unique one (a redelivery passes the earlier one, as
+// an MTA's queue would), and pad adds that many bytes of body.
+func sendMsg(addr string, rcpts []string, subject, msgID string, pad int) (rcptRep, dataRep map[string]string, id string, err error) {
+	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	// A generous bound only against hangs; nothing here is timed.
+	conn.SetDeadline(time.Now().Add(2 * time.Minute))
 	c := smtp.NewClientLMTP(conn)
 	defer c.Close()
 	if err := c.Hello("mta.test"); err != nil {
-		t.Fatal(err)
+		return nil, nil, "", err
 	}
 	rcptRep, dataRep = map[string]string{}, map[string]string{}
 	if err := c.Mail("sender@example.org", nil); err != nil {
-		t.Fatal(err)
+		return nil, nil, "", fmt.Errorf("MAIL: %w", err)
 	}
 	n := 0
 	for _, r := range rcpts {
@@ -50,19 +63,27 @@ func send(t *testing.T, addr string, rcpts []string, subject string) (rcptRep, d
 		rcptRep[r] = ""
 		n++
 	}
-	msgID = fmt.Sprintf("<%d.%d@lmtpgate.test>", time.Now().UnixNano(), msgSeq.Add(1))
+	id = msgID
+	if id == "" {
+		id = fmt.Sprintf("<%d.%d@lmtpgate.test>", time.Now().UnixNano(), msgSeq.Add(1))
+	}
 	if n == 0 {
-		return
+		return rcptRep, dataRep, id, nil
 	}
 	w, err := c.Data()
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, "", fmt.Errorf("DATA: %w", err)
 	}
-	fmt.Fprintf(w, "From: sender@example.org\r\nTo: undisclosed-recipients:;\r\nSubject: %s\r\nMessage-ID: %s\r\nDate: %s\r\n\r\nbody line 1\r\n.leading dot\r\n", subject, msgID, time.Now().Format(time.RFC1123Z))
+	fmt.Fprintf(w, "From: sender@example.org\r\nTo: undisclosed-recipients:;\r\nSubject: %s\r\nMessage-ID: %s\r\nDate: %s\r\n\r\nbody line 1\r\n.leading dot\r\n", subject, id, time.Now().Format(time.RFC1123Z))
+	for pad > 0 {
+		k := min(pad, 76)
+		fmt.Fprintf(w, "%s\r\n", strings.Repeat("x", k))
+		pad -= k
+	}
 	resp, err := w.CloseWithLMTPResponse()
 	var lerr smtp.LMTPDataError
 	if err != nil && !errors.As(err, &lerr) {
-		t.Fatalf("DATA: %v", err)
+		return nil, nil, "", fmt.Errorf("DATA: %w", err)
 	}
 	for r := range resp {
 		dataRep[r] = ""
@@ -71,7 +92,119 @@ func send(t *testing.T, addr string, rcpts []string, subject string) (rcptRep, d
 		dataRep[r] = reply(e)
 	}
 	c.Quit()
-	return
+	return rcptRep, dataRep, id, nil
+}
+
+// probe asks the daemon about one recipient with MAIL and RCPT only (no
+// message is sent) and returns the RCPT reply, "" when accepted.
+func probe(t *testing.T, addr, rcpt string) string {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.SetDeadline(time.Now().Add(2 * time.Minute))
+	c := smtp.NewClientLMTP(conn)
+	defer c.Close()
+	if err := c.Hello("mta.test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mail("sender@example.org", nil); err != nil {
+		t.Fatal(err)
+	}
+	rep := ""
+	if err := c.Rcpt(rcpt, nil); err != nil {
+		rep = reply(err)
+	}
+	c.Reset()
+	c.Quit()
+	return rep
+}
+
+// eventually polls cond every 20 ms until it holds or timeout passes, and
+// reports whether it held. The timeout is a bound against hangs unless a
+// caller's requirement states it.
+func eventually(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// counts returns how many copies of each Message-ID mailbox on backend holds.
+func counts(t *testing.T, l *murderlab.Lab, backend int, mailbox string) map[string]int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	msgs, err := l.Messages(ctx, backend, mailbox)
+	if err != nil {
+		t.Fatalf("IMAP %s on backend %d: %v", mailbox, backend, err)
+	}
+	out := map[string]int{}
+	for _, m := range msgs {
+		out[strings.TrimSpace(m.MessageID)]++
+	}
+	return out
+}
+
+// logLines returns the daemon's log lines that contain every one of subs.
+func logLines(d *testbin.Daemon, subs ...string) []string {
+	var out []string
+next:
+	for _, ln := range strings.Split(d.Output(), "\n") {
+		for _, s := range subs {
+			if !strings.Contains(ln, s) {
+				continue next
+			}
+		}
+		out = append(out, ln)
+	}
+	return out
+}
+
+// deliveredBy returns the lookup source named in the daemon's "delivered"
+// log lines for rcpt, in order.
+func deliveredBy(d *testbin.Daemon, rcpt string) []string {
+	var out []string
+	for _, ln := range logLines(d, "msg=delivered", " rcpt="+rcpt+" ") {
+		src := "?"
+		if _, v, ok := strings.Cut(ln, " source="); ok {
+			src, _, _ = strings.Cut(v, " ")
+		}
+		out = append(out, src)
+	}
+	return out
+}
+
+// ctxT returns a context bounded generously against hangs, cancelled when
+// the test ends.
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// copyFile copies src to dst through a temporary file and a rename, so
+// that a reader never sees dst half-written.
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := dst + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func reply(err error) string {
@@ -139,14 +272,24 @@ func setup(t *testing.T) *murderlab.Lab {
 	return l
 }
 
-// config returns lmtpgate YAML for the lab with the given lookup order.
+// config returns lmtpgate YAML for the lab with the given lookup order;
+// extra is appended at the top level.
 func config(l *murderlab.Lab, order string, extra string) string {
+	return configDB(l, order, "", extra)
+}
+
+// configDB is config with lookup.mailboxes_db set to db (unless empty).
+func configDB(l *murderlab.Lab, order, db, extra string) string {
 	c := l.Creds()
+	dbLine := ""
+	if db != "" {
+		dbLine = fmt.Sprintf("  mailboxes_db: %q\n", db)
+	}
 	return fmt.Sprintf(`hostname: lmtpgate.test
 imapd_conf: %s
 lookup:
   order: %s
-  local_mupdate: {address: "%s", authname: %s, password: %s, backoff_min: 200ms, backoff_max: 1s}
+%s  local_mupdate: {address: "%s", authname: %s, password: %s, backoff_min: 200ms, backoff_max: 1s}
   master_mupdate: {address: "%s", authname: %s, password: %s, backoff_min: 200ms, backoff_max: 1s}
   cache: {positive_ttl: 2s, negative_ttl: 200ms}
 backends:
@@ -154,8 +297,5 @@ backends:
   password: %s
   connect_timeout: 3s
   command_timeout: 10s
-%s`, l.FrontendImapdConf(), order, l.ReplicaMupdateAddr(), c.Mupdate, c.MupdatePassword, l.MasterMupdateAddr(), c.Mupdate, c.MupdatePassword, c.Proxy, c.ProxyPassword, extra)
+%s`, l.FrontendImapdConf(), order, dbLine, l.ReplicaMupdateAddr(), c.Mupdate, c.MupdatePassword, l.MasterMupdateAddr(), c.Mupdate, c.MupdatePassword, c.Proxy, c.ProxyPassword, extra)
 }
-
-var _ = io.EOF
-var _ = testbin.Build
