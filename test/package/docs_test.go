@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/lmtpgate/lmtpgate/internal/config"
 )
 
 // yamlKeys lists the dotted paths of every key in a YAML mapping tree.
@@ -31,24 +33,10 @@ func yamlKeys(prefix string, n *yaml.Node, out *[]string) {
 	}
 }
 
-// TestManPageDocumentsEveryKey checks that lmtpgate.yaml(5) has an entry
-// for every key of the shipped configuration, so neither falls behind.
-func TestManPageDocumentsEveryKey(t *testing.T) {
-	root := repoRoot(t)
-	data, err := os.ReadFile(filepath.Join(root, "etc", "lmtpgate", "lmtpgate.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		t.Fatal(err)
-	}
-	var keys []string
-	yamlKeys("", &doc, &keys)
-	if len(keys) < 60 {
-		t.Fatalf("only %d keys found in the shipped config", len(keys))
-	}
-	man, err := os.ReadFile(filepath.Join(root, "man", "lmtpgate.yaml.5"))
+// manEntries returns the keys lmtpgate.yaml(5) documents (".It Ic KEY").
+func manEntries(t *testing.T) map[string]bool {
+	t.Helper()
+	man, err := os.ReadFile(filepath.Join(repoRoot(t), "man", "lmtpgate.yaml.5"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,19 +46,56 @@ func TestManPageDocumentsEveryKey(t *testing.T) {
 			entries[k] = true
 		}
 	}
+	return entries
+}
+
+// TestDocsCoverEveryKey checks that every key the parser accepts
+// (config.Keys, read from its struct tags) has an entry in lmtpgate.yaml(5)
+// and is listed in the shipped /etc/lmtpgate/lmtpgate.yaml, and that
+// neither documents a key the parser does not know.
+func TestDocsCoverEveryKey(t *testing.T) {
+	keys := config.Keys()
+	if len(keys) < 60 {
+		t.Fatalf("config.Keys() returned only %d keys", len(keys))
+	}
+	known := map[string]bool{}
 	for _, k := range keys {
-		// Section keys (log, lmtp, lookup.cache, ...) have no value.
-		isSection := false
-		for _, other := range keys {
-			if strings.HasPrefix(other, k+".") {
-				isSection = true
-				break
-			}
-		}
-		if !isSection && !entries[k] {
+		known[k] = true
+	}
+
+	entries := manEntries(t)
+	for _, k := range keys {
+		if !entries[k] {
 			t.Errorf("lmtpgate.yaml(5) has no entry for %s", k)
 		}
 	}
+	for k := range entries {
+		if !known[k] {
+			t.Errorf("lmtpgate.yaml(5) documents %s, which the parser does not accept", k)
+		}
+	}
+
+	data, err := os.ReadFile(filepath.Join(repoRoot(t), "etc", "lmtpgate", "lmtpgate.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		t.Fatal(err)
+	}
+	var shipped []string
+	yamlKeys("", &doc, &shipped)
+	inShipped := map[string]bool{}
+	for _, k := range shipped {
+		inShipped[k] = true
+	}
+	for _, k := range keys {
+		if !inShipped[k] {
+			t.Errorf("etc/lmtpgate/lmtpgate.yaml does not list %s", k)
+		}
+	}
+	// Unknown keys in the shipped file are caught by TestShippedConfigLoads
+	// (the parser rejects them).
 }
 
 // TestManPagesLint runs mandoc's linter: nothing at warning level or above.
