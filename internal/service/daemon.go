@@ -222,7 +222,8 @@ func (d *Daemon) reload(why string) error {
 		d.lastReloadErr = ""
 	}
 	d.lastReload = time.Now()
-	d.notify.Ready(d.Status().Line())
+	// d.mu is held: Status would lock it again and hang the daemon.
+	d.notify.Ready(d.status(d.lastReload, d.lastReloadErr).Line())
 	return err
 }
 
@@ -281,10 +282,15 @@ func restartOnly(a, b *config.Config) []string {
 
 // Status reports the daemon's current state.
 func (d *Daemon) Status() Status {
-	st := d.cur.Load()
 	d.mu.Lock()
 	lr, lre := d.lastReload, d.lastReloadErr
 	d.mu.Unlock()
+	return d.status(lr, lre)
+}
+
+// status is Status with the reload outcome given, for callers that hold d.mu.
+func (d *Daemon) status(lr time.Time, lre string) Status {
+	st := d.cur.Load()
 	s := Status{
 		Version:         d.version,
 		Config:          d.path,
