@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/lmtpgate/lmtpgate/internal/config"
 )
 
@@ -68,5 +70,97 @@ func TestShippedConfigLoads(t *testing.T) {
 		if ck.got != ck.want {
 			t.Errorf("%s = %v, want %v", ck.name, ck.got, ck.want)
 		}
+	}
+}
+
+// mergeYAML sets every key of src in dst, recursing into mappings present
+// in both: the edits a reader makes when told to "set" keys in a file.
+func mergeYAML(dst, src *yaml.Node) {
+	if dst.Kind == yaml.DocumentNode {
+		dst = dst.Content[0]
+	}
+	if src.Kind == yaml.DocumentNode {
+		src = src.Content[0]
+	}
+	for i := 0; i+1 < len(src.Content); i += 2 {
+		k, v := src.Content[i], src.Content[i+1]
+		found := false
+		for j := 0; j+1 < len(dst.Content); j += 2 {
+			if dst.Content[j].Value != k.Value {
+				continue
+			}
+			found = true
+			if v.Kind == yaml.MappingNode && dst.Content[j+1].Kind == yaml.MappingNode {
+				mergeYAML(dst.Content[j+1], v)
+			} else {
+				dst.Content[j+1] = v
+			}
+		}
+		if !found {
+			dst.Content = append(dst.Content, k, v)
+		}
+	}
+}
+
+// TestWithoutCyrus: on a host without Cyrus the shipped configuration
+// fails `lmtpgate check` with a message that points at lmtpgate.yaml(5)'s
+// HOSTS WITHOUT CYRUS, and the edits given there make it pass.
+func TestWithoutCyrus(t *testing.T) {
+	root := repoRoot(t)
+	data, err := os.ReadFile(filepath.Join(root, "etc", "lmtpgate", "lmtpgate.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.Replace(string(data), "state_dir: /var/lib/lmtpgate", "state_dir: "+t.TempDir(), 1)
+	missing := filepath.Join(t.TempDir(), "imapd.conf")
+	_, err = config.Parse("lmtpgate.yaml", []byte(strings.Replace(s, "imapd_conf: /etc/imapd.conf", "imapd_conf: "+missing, 1)))
+	if err == nil || !strings.Contains(err.Error(), "HOSTS WITHOUT CYRUS") {
+		t.Fatalf("shipped config without imapd.conf: err = %v, want a pointer to HOSTS WITHOUT CYRUS", err)
+	}
+
+	man, err := os.ReadFile(filepath.Join(root, "man", "lmtpgate.yaml.5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(man), "\n.Sh HOSTS WITHOUT CYRUS\n")
+	if !ok {
+		t.Fatal("lmtpgate.yaml(5) has no section HOSTS WITHOUT CYRUS")
+	}
+	section, _, _ = strings.Cut(section, "\n.Sh ")
+	_, example, ok := strings.Cut(section, ".Bd -literal -offset indent\n")
+	if !ok {
+		t.Fatal("HOSTS WITHOUT CYRUS has no example")
+	}
+	example, _, _ = strings.Cut(example, "\n.Ed")
+	// The password files the example names exist after an install.
+	dir := t.TempDir()
+	for _, f := range []string{"mupdate.pw", "proxy.pw"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("secret\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	example = strings.ReplaceAll(example, "/etc/lmtpgate/", dir+"/")
+
+	var doc, edit yaml.Node
+	if err := yaml.Unmarshal([]byte(s), &doc); err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal([]byte(example), &edit); err != nil {
+		t.Fatalf("example in HOSTS WITHOUT CYRUS: %v\n%s", err, example)
+	}
+	mergeYAML(&doc, &edit)
+	merged, err := yaml.Marshal(&doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Parse("lmtpgate.yaml", merged)
+	if err != nil {
+		t.Fatalf("shipped config with the HOSTS WITHOUT CYRUS edits: %v\n%s", err, merged)
+	}
+	if c.ImapdConf != "" || strings.Join(c.Order(), ",") != "master-mupdate" || c.Backends.Password != "secret" || c.Lookup.Master.Password != "secret" {
+		t.Errorf("edited config: imapd_conf %q, order %v, passwords %q %q", c.ImapdConf, c.Order(), c.Backends.Password, c.Lookup.Master.Password)
+	}
+	if len(c.Warnings) != 0 {
+		t.Errorf("edited config warns: %v", c.Warnings)
 	}
 }
