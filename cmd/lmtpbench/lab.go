@@ -31,8 +31,11 @@ func cmdLab(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		rcptMix   = fs.String("rcpts-mix", "1:50,2x:30,10:20", "recipient mix")
 		sizeMix   = fs.String("size-mix", bench.DefaultSizeMix, "size mix")
 		seed      = fs.Uint64("seed", 1, "seed")
-		runs      = fs.String("runs", "a,d", "runs to do: a (Cyrus proxy), d (backends directly)")
+		runs      = fs.String("runs", "a,d", "runs to do: a (Cyrus proxy), b (lmtpgate, mailboxes-db), c (lmtpgate, master-mupdate), d (backends directly)")
+		gateBin   = fs.String("lmtpgate", "", "lmtpgate binary for runs b and c")
+		loads     multiFlag
 	)
+	fs.Var(&loads, "load", "a load as RCPTMIX/SIZEMIX, e.g. '2x:1/1KiB:1'; repeat for several (default: --rcpts-mix/--size-mix)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -42,13 +45,41 @@ func cmdLab(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := murderlab.Available(); err != nil {
 		return err
 	}
-	rm, err := bench.ParseRcptMix(*rcptMix)
-	if err != nil {
-		return err
+	if len(loads) == 0 {
+		loads = multiFlag{*rcptMix + "/" + *sizeMix}
 	}
-	sm, err := bench.ParseSizeMix(*sizeMix)
-	if err != nil {
-		return err
+	type load struct {
+		rm bench.RcptMix
+		sm bench.SizeMix
+	}
+	var lds []load
+	for _, l := range loads {
+		r, sz, ok := strings.Cut(l, "/")
+		if !ok {
+			return fmt.Errorf("lab: --load %q: want RCPTMIX/SIZEMIX", l)
+		}
+		rm, err := bench.ParseRcptMix(r)
+		if err != nil {
+			return err
+		}
+		sm, err := bench.ParseSizeMix(sz)
+		if err != nil {
+			return err
+		}
+		lds = append(lds, load{rm, sm})
+	}
+	keys := strings.Split(*runs, ",")
+	for i, k := range keys {
+		keys[i] = strings.TrimSpace(k)
+		switch keys[i] {
+		case "a", "d":
+		case "b", "c":
+			if *gateBin == "" {
+				return fmt.Errorf("lab: run %s needs --lmtpgate", keys[i])
+			}
+		default:
+			return fmt.Errorf("lab: unknown run %q", k)
+		}
 	}
 	labDir := filepath.Join(*dir, "lab")
 	if err := os.MkdirAll(labDir, 0o755); err != nil {
@@ -86,47 +117,130 @@ func cmdLab(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	creds := lab.Creds()
 	machine := bench.CollectMachine(ctx)
 
-	base := bench.Config{Backends: bes, Conns: *conns, Messages: *messages, RcptMix: rm, SizeMix: sm, Seed: *seed}
-	var labeled []bench.Labeled
-	for _, key := range strings.Split(*runs, ",") {
-		cfg := base
-		switch strings.TrimSpace(key) {
-		case "a":
-			// The frontend master's whole tree: lmtpd -a children, and
-			// also the idle imapd and the mupdate replica.
-			cfg.Label = bench.DefaultDescriptions["a"]
-			cfg.Target = lab.CyrusProxyLMTPAddr()
-			cfg.PID, cfg.PIDTree = frontendPID, true
-		case "d":
-			cfg.Label = bench.DefaultDescriptions["d"]
-			cfg.Direct = direct
-			cfg.AuthUser, cfg.AuthPass = creds.Proxy, creds.ProxyPassword
-		default:
-			return fmt.Errorf("lab: unknown run %q", key)
-		}
-		fmt.Fprintf(stdout, "== run %s: %s\n", key, cfg.Label)
-		res, err := bench.Run(ctx, cfg)
-		if err != nil {
-			return err
-		}
-		res.Machine = machine
-		printResult(stdout, res)
-		b, err := bench.EncodeResult(res)
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(filepath.Join(*dir, key+".json"), b, 0o644); err != nil {
-			return err
-		}
-		labeled = append(labeled, bench.Labeled{Key: key, Result: res})
-	}
-	f, err := os.Create(filepath.Join(*dir, "results.md"))
+	// Every MUPDATE question lmtpgate asks the master in run c passes
+	// through this relay, which counts them.
+	relay, err := bench.NewCountingRelay(ctx, "127.0.0.1:0", lab.MasterMupdateAddr())
 	if err != nil {
 		return err
 	}
-	if err := bench.RenderReport(f, labeled, machine); err != nil {
-		f.Close()
+	defer relay.Close()
+
+	out, err := os.Create(filepath.Join(*dir, "results.md"))
+	if err != nil {
 		return err
 	}
-	return f.Close()
+	defer out.Close()
+	fmt.Fprintf(out, "## Real murder: %d backends, %d mailboxes each\n\n", lab.Backends(), *mailboxes)
+	fmt.Fprintf(out, "One Cyrus 3.6 murder on loopback (master, %d backends, a frontend with its mupdate replica and Cyrus's LMTP proxy), the same mailboxes and the same seeded message sequence for every run. lmtpgate runs as its own process; its CPU and peak RSS are sampled from /proc. Cyrus's figures are those of the frontend's whole process tree (master, lmtpd -a children, the mupdate replica and idle services), an upper bound for its LMTP proxy alone. The backends do the real work (each delivery is written and fsynced by a Cyrus lmtpd), so every run shares their cost.\n\n", lab.Backends())
+	for li, ld := range lds {
+		base := bench.Config{Backends: bes, Conns: *conns, Messages: *messages, RcptMix: ld.rm, SizeMix: ld.sm, Seed: *seed}
+		var labeled []bench.Labeled
+		var mupdateNote string
+		for _, key := range keys {
+			cfg := base
+			var g *gate
+			switch key {
+			case "a":
+				// The frontend master's whole tree: lmtpd -a children, and
+				// also the idle imapd and the mupdate replica.
+				cfg.Label = bench.DefaultDescriptions["a"]
+				cfg.Target = lab.CyrusProxyLMTPAddr()
+				cfg.PID, cfg.PIDTree = frontendPID, true
+			case "d":
+				cfg.Label = bench.DefaultDescriptions["d"]
+				cfg.Direct = direct
+				cfg.AuthUser, cfg.AuthPass = creds.Proxy, creds.ProxyPassword
+			case "b", "c":
+				order, master := "[mailboxes-db]", lab.MasterMupdateAddr()
+				if key == "c" {
+					order, master = "[master-mupdate]", relay.Addr()
+				}
+				yaml := labGateConfig(lab, order, master, *conns)
+				g, err = startGate(ctx, *gateBin, filepath.Join(*dir, fmt.Sprintf("gate-%d-%s", li+1, key)), yaml)
+				if err != nil {
+					return err
+				}
+				cfg.Label = bench.DefaultDescriptions[key]
+				cfg.Target = g.LMTP
+				cfg.PID = g.PID()
+				relay.Reset()
+			}
+			fmt.Fprintf(stdout, "== load %d run %s: %s\n", li+1, key, cfg.Label)
+			res, err := bench.Run(ctx, cfg)
+			if g != nil {
+				g.Stop()
+			}
+			if err != nil {
+				return err
+			}
+			res.Machine = machine
+			printResult(stdout, res)
+			if key == "c" {
+				mupdateNote = mupdateSummary(relay, res, labCacheTTL)
+				fmt.Fprintln(stdout, mupdateNote)
+			}
+			b, err := bench.EncodeResult(res)
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(*dir, fmt.Sprintf("load%d-%s.json", li+1, key)), b, 0o644); err != nil {
+				return err
+			}
+			labeled = append(labeled, bench.Labeled{Key: key, Result: res})
+		}
+		fmt.Fprintf(out, "### Load %d: rcpts `%s`, sizes `%s`\n\n", li+1, ld.rm, ld.sm)
+		if err := bench.RenderRuns(out, labeled, "####"); err != nil {
+			return err
+		}
+		if mupdateNote != "" {
+			fmt.Fprintf(out, "\n#### MUPDATE queries in run c\n\n%s\n", mupdateNote)
+		}
+		fmt.Fprintln(out)
+	}
+	if err := bench.RenderMachine(out, machine, "###"); err != nil {
+		return err
+	}
+	return out.Close()
+}
+
+// labCacheTTL is the positive cache TTL lmtpgate runs with in the lab: the
+// packaged default.
+const labCacheTTL = 30 * time.Second
+
+// labGateConfig is lmtpgate's configuration for the lab: the frontend's
+// imapd.conf (for mailboxes.db and the address rules), the proxy
+// credentials for the backends, and the master's MUPDATE at master.
+func labGateConfig(l *murderlab.Lab, order, master string, conns int) string {
+	c := l.Creds()
+	return fmt.Sprintf(`hostname: lmtpgate.bench
+imapd_conf: %s
+log: {level: warn, format: text}
+lookup:
+  order: %s
+  master_mupdate: {address: "%s", authname: %s, password: %s}
+  cache: {positive_ttl: %s}
+backends:
+  authname: %s
+  password: %s
+  max_idle: %d
+`, l.FrontendImapdConf(), order, master, c.Mupdate, c.MupdatePassword, labCacheTTL, c.Proxy, c.ProxyPassword, max(conns, 4))
+}
+
+// mupdateSummary says how many FIND queries reached the master during a
+// run, per distinct mailbox and per cache TTL: with a working cache each
+// mailbox is asked for about once per TTL.
+func mupdateSummary(r *bench.CountingRelay, res *bench.Result, ttl time.Duration) string {
+	names := r.Names()
+	finds := r.Finds.Load()
+	periods := max(1, res.WallSeconds/ttl.Seconds())
+	per := 0.0
+	if len(names) > 0 {
+		per = float64(finds) / float64(len(names)) / periods
+	}
+	most := 0
+	for _, n := range names {
+		most = max(most, n)
+	}
+	return fmt.Sprintf("- %d FIND queries reached the master for %d distinct mailboxes in %.1f s (cache positive TTL %s, so %.2f TTL periods): %.2f queries per distinct mailbox per TTL; the most-asked mailbox was asked %d times.",
+		finds, len(names), res.WallSeconds, ttl, periods, per, most)
 }

@@ -6,7 +6,9 @@
 //	lmtpbench run --direct 'be1=127.0.0.2:2003;be2=127.0.0.3:2003' --auth-user proxy --auth-pass ... ...
 //	lmtpbench null-backend --listen 127.0.0.2:2003 --listen 127.0.0.3:2003
 //	lmtpbench report [-o results.md] a=cyrus.json b=lmtpgate-db.json c=lmtpgate-mupdate.json d=direct.json
-//	lmtpbench lab --dir /tmp/bench [--messages 2000 --conns 8]   (root, Cyrus installed)
+//	lmtpbench lab --dir /tmp/bench [--messages 2000 --conns 8] [--runs a,b,c,d --lmtpgate BIN] [--load RCPTS/SIZES ...]   (root, Cyrus installed)
+//	lmtpbench ceiling --dir /tmp/ceil --lmtpgate BIN   (lmtpgate against null backends)
+//	lmtpbench mboxdb --dir /tmp/mdb [--entries 1000000]  (index build, lookup, memory)
 //
 // run drives an LMTP server (lmtpgate, Cyrus's frontend lmtpd -a, or the
 // backends directly) and prints deliveries/s, messages/s and latency
@@ -43,7 +45,7 @@ func main() {
 	}
 }
 
-var errUsage = errors.New("usage: lmtpbench run|null-backend|report|lab [flags]; lmtpbench CMD -h for help")
+var errUsage = errors.New("usage: lmtpbench run|null-backend|report|lab|ceiling|mboxdb [flags]; lmtpbench CMD -h for help")
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
@@ -58,6 +60,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdReport(ctx, args[1:], stdout, stderr)
 	case "lab":
 		return cmdLab(ctx, args[1:], stdout, stderr)
+	case "ceiling":
+		return cmdCeiling(ctx, args[1:], stdout, stderr)
+	case "mboxdb":
+		return cmdMboxDB(ctx, args[1:], stdout, stderr)
 	}
 	return errUsage
 }

@@ -249,3 +249,7 @@ func (s *Sampler) descendants() ([]int, error) {
 	}
 	return out, nil
 }
+
+// StatusBytes returns the value in bytes of a "Key: N kB" line of a
+// /proc/<pid>/status file, or 0 if it has none.
+func StatusBytes(status []byte, key string) int64 { return parseStatusKB(status, key) }

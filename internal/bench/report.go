@@ -107,7 +107,39 @@ func ReadResult(path string) (*Result, error) {
 // (m, or if nil the first result's).
 func RenderReport(w io.Writer, runs []Labeled, m *Machine) error {
 	var b strings.Builder
-	b.WriteString("## Results\n\n")
+	renderRuns(&b, runs, "##")
+	if m == nil && len(runs) > 0 {
+		m = runs[0].Result.Machine
+	}
+	if m != nil {
+		b.WriteString("\n")
+		renderMachine(&b, m, "##")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// RenderRuns writes the results table, the ratios and the load of runs,
+// with headings of the given level ("###"), but not the machine: for a
+// document holding several loads measured on one machine.
+func RenderRuns(w io.Writer, runs []Labeled, heading string) error {
+	var b strings.Builder
+	renderRuns(&b, runs, heading)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// RenderMachine writes the machine section with a heading of the given
+// level.
+func RenderMachine(w io.Writer, m *Machine, heading string) error {
+	var b strings.Builder
+	renderMachine(&b, m, heading)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func renderRuns(b *strings.Builder, runs []Labeled, h string) {
+	b.WriteString(h + " Results\n\n")
 	b.WriteString("| run | target | deliveries/s | msgs/s | p50 ms | p90 ms | p99 ms | max ms | CPU s / 1000 msgs | peak RSS MiB | 4xx | 5xx | no reply |\n")
 	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	byKey := map[string]*Result{}
@@ -118,7 +150,7 @@ func RenderReport(w io.Writer, runs []Labeled, m *Machine) error {
 		if desc == "" || desc == l.Key {
 			desc = DefaultDescriptions[l.Key]
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f | %s | %s | %d | %d | %d |\n",
+		fmt.Fprintf(b, "| %s | %s | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f | %s | %s | %d | %d | %d |\n",
 			l.Key, mdEscape(desc), r.DeliveriesPerSec, r.MsgsPerSec,
 			r.Latency.P50Ms, r.Latency.P90Ms, r.Latency.P99Ms, r.Latency.MaxMs,
 			orDash(r.CPUPer1000(), "%.2f"), rssMiB(r), r.Replies4xx, r.Replies5xx, r.NoReply)
@@ -130,13 +162,13 @@ func RenderReport(w io.Writer, runs []Labeled, m *Machine) error {
 		}
 	}
 	if len(ratios) > 0 {
-		b.WriteString("\n## Ratios\n\n")
+		b.WriteString("\n" + h + " Ratios\n\n")
 		b.WriteString("Throughput ratios above 1 and latency, CPU and memory ratios below 1 favour the first run.\n\n")
 		b.WriteString("| ratio | deliveries/s | msgs/s | p50 | p99 | CPU / 1000 msgs | peak RSS |\n")
 		b.WriteString("|---|--:|--:|--:|--:|--:|--:|\n")
 		for _, p := range ratios {
 			x, y := byKey[p[0]], byKey[p[1]]
-			fmt.Fprintf(&b, "| %s/%s | %s | %s | %s | %s | %s | %s |\n", p[0], p[1],
+			fmt.Fprintf(b, "| %s/%s | %s | %s | %s | %s | %s | %s |\n", p[0], p[1],
 				ratio(x.DeliveriesPerSec, y.DeliveriesPerSec), ratio(x.MsgsPerSec, y.MsgsPerSec),
 				ratio(x.Latency.P50Ms, y.Latency.P50Ms), ratio(x.Latency.P99Ms, y.Latency.P99Ms),
 				ratio(x.CPUPer1000(), y.CPUPer1000()), ratio(peakRSS(x), peakRSS(y)))
@@ -144,27 +176,23 @@ func RenderReport(w io.Writer, runs []Labeled, m *Machine) error {
 	}
 	if len(runs) > 0 {
 		r := runs[0].Result
-		b.WriteString("\n## Load\n\n")
-		fmt.Fprintf(&b, "- connections: %d\n", r.Conns)
-		fmt.Fprintf(&b, "- messages per run: %d\n", r.Messages)
-		fmt.Fprintf(&b, "- recipient mix: `%s`\n", r.RcptMix)
-		fmt.Fprintf(&b, "- size mix: `%s`\n", r.SizeMix)
-		fmt.Fprintf(&b, "- pipelining: %t, seed: %d\n", r.Pipeline, r.Seed)
-		if m == nil {
-			m = r.Machine
-		}
+		b.WriteString("\n" + h + " Load\n\n")
+		fmt.Fprintf(b, "- connections: %d\n", r.Conns)
+		fmt.Fprintf(b, "- messages per run: %d\n", r.Messages)
+		fmt.Fprintf(b, "- recipient mix: `%s`\n", r.RcptMix)
+		fmt.Fprintf(b, "- size mix: `%s`\n", r.SizeMix)
+		fmt.Fprintf(b, "- pipelining: %t, seed: %d\n", r.Pipeline, r.Seed)
 	}
-	if m != nil {
-		b.WriteString("\n## Machine\n\n")
-		fmt.Fprintf(&b, "- CPU: %s\n", orUnknown(m.CPUModel))
-		fmt.Fprintf(&b, "- cores: %d\n", m.Cores)
-		fmt.Fprintf(&b, "- RAM: %d MiB\n", m.RAMMiB)
-		fmt.Fprintf(&b, "- kernel: %s\n", orUnknown(m.Kernel))
-		fmt.Fprintf(&b, "- Go: %s\n", orUnknown(m.GoVersion))
-		fmt.Fprintf(&b, "- Cyrus: %s\n", orUnknown(m.CyrusVersion))
-	}
-	_, err := io.WriteString(w, b.String())
-	return err
+}
+
+func renderMachine(b *strings.Builder, m *Machine, h string) {
+	b.WriteString(h + " Machine\n\n")
+	fmt.Fprintf(b, "- CPU: %s\n", orUnknown(m.CPUModel))
+	fmt.Fprintf(b, "- cores: %d\n", m.Cores)
+	fmt.Fprintf(b, "- RAM: %d MiB\n", m.RAMMiB)
+	fmt.Fprintf(b, "- kernel: %s\n", orUnknown(m.Kernel))
+	fmt.Fprintf(b, "- Go: %s\n", orUnknown(m.GoVersion))
+	fmt.Fprintf(b, "- Cyrus: %s\n", orUnknown(m.CyrusVersion))
 }
 
 func peakRSS(r *Result) float64 {

@@ -36,8 +36,14 @@ type Config struct {
 	// the run instead.
 	Messages int
 	Duration time.Duration
-	RcptMix  RcptMix
-	SizeMix  SizeMix
+	// Rate, if above 0, paces the run to this many messages per second
+	// in total: message i is not started before i/Rate seconds into the
+	// run. Latency is measured from the moment a message is sent, so a
+	// server that cannot keep up shows as lower throughput, not as queue
+	// time. 0 sends as fast as the connections allow.
+	Rate    float64
+	RcptMix RcptMix
+	SizeMix SizeMix
 	// From is the envelope sender (default "lmtpbench@example.invalid").
 	From string
 	// LHLOName is the LHLO argument (default "lmtpbench.invalid").
@@ -136,6 +142,9 @@ func (c *Config) validate() error {
 	if len(c.RcptMix) == 0 || len(c.SizeMix) == 0 {
 		return errors.New("empty mix")
 	}
+	if c.Rate < 0 {
+		return fmt.Errorf("bad rate %g", c.Rate)
+	}
 	if c.PID < 0 {
 		return fmt.Errorf("bad pid %d", c.PID)
 	}
@@ -210,6 +219,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.Messages == 0 {
 		g.deadline = start.Add(cfg.Duration)
 	}
+	g.t0 = start
 	close(g.start)
 	wg.Wait()
 	end := start
@@ -260,6 +270,7 @@ type gen struct {
 	bodies   []Body
 	runID    string
 	deadline time.Time // set before start is closed
+	t0       time.Time // set before start is closed
 	start    chan struct{}
 	next     atomic.Int64
 	abort    atomic.Bool
@@ -325,6 +336,20 @@ func (w *worker) run(ctx context.Context, ready func()) {
 		}
 		if !w.g.deadline.IsZero() && time.Now().After(w.g.deadline) {
 			return
+		}
+		if cfg.Rate > 0 {
+			due := w.g.t0.Add(time.Duration(float64(idx) / cfg.Rate * float64(time.Second)))
+			if d := time.Until(due); d > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(d):
+				}
+			}
+			// A message due after the end of a timed run is not sent.
+			if !w.g.deadline.IsZero() && time.Now().After(w.g.deadline) {
+				return
+			}
 		}
 		pcg.Seed(cfg.Seed, uint64(idx))
 		class := cfg.RcptMix.pick(r)
