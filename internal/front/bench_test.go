@@ -1,0 +1,74 @@
+package front
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/lmtpgate/lmtpgate/internal/address"
+	"github.com/lmtpgate/lmtpgate/internal/backend"
+	"github.com/lmtpgate/lmtpgate/internal/bench"
+	"github.com/lmtpgate/lmtpgate/internal/lookup"
+)
+
+// BenchmarkDeliverNull measures one whole single-recipient 1 KiB
+// transaction through the LMTP server and the backend pool, in process,
+// against a null backend: MAIL, RCPT (with its lookup), DATA, spooling,
+// delivery and the reply. allocs/op is the allocations per message on
+// both sides of lmtpgate (the null backend and the client allocate next to
+// nothing per message).
+func BenchmarkDeliverNull(b *testing.B) {
+	nb := &bench.NullBackend{}
+	defer nb.Close()
+	addr, err := nb.Listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	pool := backend.NewPool(backend.Config{
+		Addresses: map[string]string{"be1": addr.String()},
+		AuthName:  "bench", Password: "bench",
+	}, log)
+	defer pool.Close()
+	src := &mapSource{name: "mailboxes-db", entries: map[string]lookup.Entry{
+		"user.alice": active("user.alice", "be1", "alice\tlrswipkxtecdan\t"),
+	}}
+	rt := &Runtime{Mode: "master", Address: address.DefaultSettings(), Chain: lookup.NewChain(time.Second, src),
+		Deliver: pool, SpoolMemoryLimit: 1 << 20}
+	srv := New(Options{Hostname: "fe.bench", MaxRecipients: 100, ReadTimeout: time.Minute, WriteTimeout: time.Minute, Log: log}, NewHolder(rt))
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go srv.Serve(l)
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		srv.Shutdown(ctx, time.Second)
+	}()
+	c, err := bench.Dial(context.Background(), l.Addr().String(), time.Minute)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Hello("bench", true); err != nil {
+		b.Fatal(err)
+	}
+	body := bench.NewBody(1<<10, 1)
+	header := bench.Header(nil, "sender@example.org", "bench.1", time.Now(), &body)
+	rcpts := []string{"alice@example.org"}
+	codes := make([]int, 1)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(header) + len(body.Wire)))
+	for b.Loop() {
+		if err := c.Send("sender@example.org", rcpts, header, body.Wire, codes); err != nil {
+			b.Fatal(err)
+		}
+		if codes[0] != 250 {
+			b.Fatalf("reply %d", codes[0])
+		}
+	}
+}
