@@ -52,7 +52,10 @@ func (m *Message) InFile() bool { return m.file != nil }
 // daemon dies.
 func Read(prefix []byte, r io.Reader, memLimit int64, dir string) (*Message, error) {
 	m := &Message{}
-	buf := bytes.NewBuffer(make([]byte, 0, min(memLimit, 64<<10)+int64(len(prefix))))
+	// Most mail is a few KiB: start small and let the buffer grow (by
+	// doubling) for larger messages, rather than allocating and zeroing
+	// 64 KiB for every message.
+	buf := bytes.NewBuffer(make([]byte, 0, min(memLimit, 4<<10)+int64(len(prefix))))
 	buf.Write(prefix)
 	n, err := io.CopyN(buf, r, memLimit-int64(len(prefix))+1)
 	if err == io.EOF {
