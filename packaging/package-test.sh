@@ -118,6 +118,16 @@ packaging/verify-units.sh --installed
 step "lmtpgate check on the shipped configuration"
 /usr/sbin/lmtpgate check -c /etc/lmtpgate/lmtpgate.yaml || fail "lmtpgate check rejects the shipped config"
 
+step "lmtpgate check on a host without Cyrus says what to do"
+# No /etc/imapd.conf there: the same file with imapd_conf pointing nowhere.
+sed "s|^imapd_conf: /etc/imapd.conf\$|imapd_conf: $work/no-such/imapd.conf|" \
+	/etc/lmtpgate/lmtpgate.yaml >"$work/nocyrus.yaml"
+if /usr/sbin/lmtpgate check -c "$work/nocyrus.yaml" >"$work/nocyrus.out" 2>&1; then
+	fail "lmtpgate check accepted a missing imapd.conf"
+fi
+cat "$work/nocyrus.out"
+grep -q 'HOSTS WITHOUT CYRUS' "$work/nocyrus.out" || fail "lmtpgate check does not point at HOSTS WITHOUT CYRUS"
+
 if [ -z "${LMTPGATE_PREBUILT:-}" ]; then
 	step "delivery through a real murder"
 	LMTPGATE_PACKAGE_TEST=1 LMTPGATE_PACKAGE_VERSION="$version" \

@@ -7,7 +7,9 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -51,9 +53,14 @@ func TestInstalledVersion(t *testing.T) {
 	}
 }
 
-// TestInstalledDelivers runs the installed binary against a real murder:
-// one message to alice, routed through the frontend's mailboxes.db, must
-// arrive in her INBOX on backend 1.
+// TestInstalledDelivers runs the installed binary against a real murder
+// the way lmtpgate.service runs it: as user cyrus, group mail, with its
+// control socket in a cyrus-owned runtime directory that still holds a
+// stale socket from an earlier run. One message to alice, routed through
+// the frontend's mailboxes.db (mode 0600, owner cyrus), must arrive in her
+// INBOX on backend 1; the control socket must be the daemon's, mode 0600;
+// `lmtpgate reload` as cyrus (ExecReload=) and `lmtpgate status` as root
+// must reach it.
 func TestInstalledDelivers(t *testing.T) {
 	requirePackageTest(t)
 	if err := murderlab.Available(); err != nil {
@@ -79,6 +86,42 @@ func TestInstalledDelivers(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	cy, err := user.Lookup("cyrus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mail, err := user.LookupGroup("mail")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(cy.Uid)
+	gid, _ := strconv.Atoi(mail.Gid)
+	asCyrus := func(cmd *exec.Cmd) *exec.Cmd {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}}
+		return cmd
+	}
+	// RuntimeDirectory= and StateDirectory=: owned by the service's user.
+	// dir itself was made searchable for cyrus by the lab.
+	runDir, stateDir := filepath.Join(dir, "run"), filepath.Join(dir, "state")
+	for _, d := range []string{runDir, stateDir} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(d, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctlPath := filepath.Join(runDir, "control.sock")
+	stale, err := net.ListenUnix("unix", &net.UnixAddr{Name: ctlPath, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.SetUnlinkOnClose(false)
+	stale.Close()
+	if err := os.Chown(ctlPath, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+
 	addr := freeLoopbackAddr(t)
 	cr := lab.Creds()
 	cfg := filepath.Join(dir, "lmtpgate.yaml")
@@ -96,19 +139,23 @@ backends:
   authname: %s
   password: %s
   addresses: {%q: %q}
-`, lab.FrontendImapdConf(), addr, dir, filepath.Join(dir, "control.sock"),
+`, lab.FrontendImapdConf(), addr, stateDir, ctlPath,
 		lab.FrontendMailboxesDB(), cr.Proxy, cr.ProxyPassword,
 		lab.BackendServer(1), lab.BackendLMTPAddr(1))
-	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+	// As the package installs lmtpgate.yaml: 0640 root:mail.
+	if err := os.WriteFile(cfg, []byte(conf), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(cfg, 0, gid); err != nil {
 		t.Fatal(err)
 	}
 
-	if out, err := exec.CommandContext(ctx, installedBinary, "check", "-c", cfg).CombinedOutput(); err != nil {
-		t.Fatalf("lmtpgate check: %v\n%s", err, out)
+	if out, err := asCyrus(exec.CommandContext(ctx, installedBinary, "check", "-c", cfg)).CombinedOutput(); err != nil {
+		t.Fatalf("lmtpgate check as cyrus: %v\n%s", err, out)
 	}
 
 	var logs bytes.Buffer
-	cmd := exec.Command(installedBinary, "serve", "-c", cfg)
+	cmd := asCyrus(exec.Command(installedBinary, "serve", "-c", cfg))
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -168,6 +215,27 @@ backends:
 	}
 	if !found {
 		t.Fatalf("message %s not in user/alice on backend 1 (%d messages there)", msgid, len(msgs))
+	}
+
+	// The daemon replaced the stale control socket by its own.
+	fi, err := os.Stat(ctlPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 || int(st.Uid) != uid {
+		t.Errorf("control socket %s: mode %v owner %d, want a socket 0600 owned by cyrus (%d)", ctlPath, fi.Mode(), st.Uid, uid)
+	}
+	// ExecReload= runs as the unit's user; MAINPID is left unset so that a
+	// missing control socket fails instead of falling back to SIGHUP.
+	reload := asCyrus(exec.CommandContext(ctx, installedBinary, "reload", "-c", cfg))
+	reload.Env = []string{"PATH=/usr/bin:/bin"}
+	if out, err := reload.CombinedOutput(); err != nil || !strings.Contains(string(out), "reloaded") {
+		t.Errorf("lmtpgate reload as cyrus: %v\n%s", err, out)
+	}
+	out, err := exec.CommandContext(ctx, installedBinary, "status", "-c", cfg).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "recipients: 1 delivered") || !strings.Contains(string(out), "last reload:") {
+		t.Errorf("lmtpgate status as root: %v\n%s", err, out)
 	}
 }
 
