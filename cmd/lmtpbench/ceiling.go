@@ -157,9 +157,10 @@ func cmdCeiling(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintf(out, "| %s | %d | %s | %.0f | %.2f | %.2f | %.2f | %.2f | %s | %s | %d | %d |\n", r.res.Label, r.res.Conns, rate, r.res.DeliveriesPerSec,
 			r.res.Latency.P50Ms, r.res.Latency.P90Ms, r.res.Latency.P99Ms, r.res.Latency.MaxMs, cpuPer1000(r.res), rssOf(r.res), r.res.Replies4xx, r.res.NoReply)
 	}
-	fmt.Fprintf(out, "\n- maximum: **%.0f deliveries/s** (target ≥ 10,000)\n", maxRes.DeliveriesPerSec)
-	fmt.Fprintf(out, "- added by lmtpgate at half load (%.0f msgs/s): p50 %+.2f ms, **p99 %+.2f ms** (target ≤ 2 ms)\n", half,
-		halfGate.Latency.P50Ms-halfDirect.Latency.P50Ms, halfGate.Latency.P99Ms-halfDirect.Latency.P99Ms)
+	added := halfGate.Latency.P99Ms - halfDirect.Latency.P99Ms
+	fmt.Fprintf(out, "\n- maximum: **%.0f deliveries/s** (target ≥ 10,000: %s)\n", maxRes.DeliveriesPerSec, verdict(maxRes.DeliveriesPerSec >= 10000))
+	fmt.Fprintf(out, "- added by lmtpgate at half load (%.0f msgs/s): p50 %+.2f ms, **p99 %+.2f ms** (target ≤ 2 ms: %s)\n", half,
+		halfGate.Latency.P50Ms-halfDirect.Latency.P50Ms, added, verdict(added <= 2))
 	fmt.Fprintf(out, "- lmtpgate CPU per message at maximum load: %s ms\n", cpuPerMsgMs(maxRes))
 	fmt.Fprintf(out, "- lmtpgate peak RSS with %d concurrent MTA connections (each delivering): **%s MiB**\n", manyRes.Conns, rssOf(manyRes))
 
@@ -169,6 +170,13 @@ func cmdCeiling(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 	}
 	return out.Close()
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "**missed**"
 }
 
 func cpuPer1000(r *bench.Result) string {
@@ -241,7 +249,9 @@ func bigDB(ctx context.Context, out, stdout io.Writer, dir, gateBin string, serv
 	for i := range bes {
 		bes[i].Name = servers[i]
 	}
-	for i := 0; i < n; i += max(1, n/2000) {
+	step := max(1, n/2000)
+	for k := range min(n, 2000) {
+		i := min(k*step+k%len(servers), n-1)
 		bes[i%len(servers)].Addrs = append(bes[i%len(servers)].Addrs, bench.SynthMailbox(i)+"@example.org")
 	}
 	cfg := base
@@ -406,12 +416,12 @@ func cmdMboxDB(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n## %d mailboxes in mailboxes.db: index\n\n", *n)
 	fmt.Fprintf(&b, "Measured in one process (`lmtpbench mboxdb`) on a generated flat file (%d entries over 4 servers), through the same code lmtpgate's reload runs (mboxlist.LoadOnce: read, parse, build).\n\n", *n)
-	fmt.Fprintf(&b, "- build (read + parse + index), best / median / worst of 3: %s / %s / %s (target ≤ 2 s)\n",
-		builds[0].Round(time.Millisecond), builds[1].Round(time.Millisecond), builds[2].Round(time.Millisecond))
-	fmt.Fprintf(&b, "- lookup, each of %d timed alone (the clock read, about 20-40 ns, is included): p50 %d ns, p90 %d ns, **p99 %d ns**, p99.9 %d ns, max %s (target p99 ≤ 1 µs); mean over an untimed loop %d ns\n",
-		*lookups, pct(50).Nanoseconds(), pct(90).Nanoseconds(), pct(99).Nanoseconds(), pct(99.9).Nanoseconds(), lat[len(lat)-1], mean.Nanoseconds())
-	fmt.Fprintf(&b, "- memory: Go heap in use after the build and a GC %.0f MiB; process RSS %.0f MiB before loading, %.0f MiB after, peak %.0f MiB (the peak includes the file and the previous index during a reload) (target ≤ 200 MB)\n",
-		float64(ms.HeapInuse)/(1<<20), float64(rssBefore)/(1<<20), float64(rssAfter)/(1<<20), float64(hwm)/(1<<20))
+	fmt.Fprintf(&b, "- build (read + parse + index), best / median / worst of 3: %s / %s / %s (target ≤ 2 s: %s)\n",
+		builds[0].Round(time.Millisecond), builds[1].Round(time.Millisecond), builds[2].Round(time.Millisecond), verdict(builds[1] <= 2*time.Second))
+	fmt.Fprintf(&b, "- lookup, each of %d timed alone (the clock read, about 20-40 ns, is included): p50 %d ns, p90 %d ns, **p99 %d ns**, p99.9 %d ns, max %s (target p99 ≤ 1 µs: %s); mean over an untimed loop %d ns\n",
+		*lookups, pct(50).Nanoseconds(), pct(90).Nanoseconds(), pct(99).Nanoseconds(), pct(99.9).Nanoseconds(), lat[len(lat)-1], verdict(pct(99) <= time.Microsecond), mean.Nanoseconds())
+	fmt.Fprintf(&b, "- memory: Go heap in use after the build and a GC %.0f MiB; process RSS %.0f MiB before loading, %.0f MiB after, peak %.0f MiB (the peak includes the file and the previous index during a reload) (target ≤ 200 MB after loading: %s)\n",
+		float64(ms.HeapInuse)/(1<<20), float64(rssBefore)/(1<<20), float64(rssAfter)/(1<<20), float64(hwm)/(1<<20), verdict(rssAfter <= 200e6))
 	io.WriteString(stdout, b.String())
 	if *outPath != "" {
 		return os.WriteFile(*outPath, []byte(b.String()), 0o644)

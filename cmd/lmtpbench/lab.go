@@ -192,6 +192,7 @@ func cmdLab(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		if err := bench.RenderRuns(out, labeled, "####"); err != nil {
 			return err
 		}
+		renderLabTargets(out, labeled)
 		if mupdateNote != "" {
 			fmt.Fprintf(out, "\n#### MUPDATE queries in run c\n\n%s\n", mupdateNote)
 		}
@@ -243,4 +244,36 @@ func mupdateSummary(r *bench.CountingRelay, res *bench.Result, ttl time.Duration
 	}
 	return fmt.Sprintf("- %d FIND queries reached the master for %d distinct mailboxes in %.1f s (cache positive TTL %s, so %.2f TTL periods): %.2f queries per distinct mailbox per TTL; the most-asked mailbox was asked %d times.",
 		finds, len(names), res.WallSeconds, ttl, periods, per, most)
+}
+
+// renderLabTargets says where the delivery rates stand against lmtpgate's
+// targets: at least 1.5 times Cyrus's proxy, at least 0.9 times no proxy,
+// and the master-only setup within 10% of the local mailboxes.db.
+func renderLabTargets(w io.Writer, runs []bench.Labeled) {
+	rate := map[string]float64{}
+	for _, l := range runs {
+		rate[l.Key] = l.Result.DeliveriesPerSec
+	}
+	var lines []string
+	check := func(x, y string, want float64, text string, atLeast bool) {
+		if rate[x] <= 0 || rate[y] <= 0 {
+			return
+		}
+		r := rate[x] / rate[y]
+		ok := r >= want
+		if !atLeast {
+			ok = r >= want && r <= 2-want
+		}
+		verdict := "met"
+		if !ok {
+			verdict = "**missed**"
+		}
+		lines = append(lines, fmt.Sprintf("- deliveries/s %s/%s = %.2f (target: %s): %s", x, y, r, text, verdict))
+	}
+	check("b", "a", 1.5, "≥ 1.5", true)
+	check("b", "d", 0.9, "≥ 0.9", true)
+	check("c", "b", 0.9, "within 10% of b", false)
+	if len(lines) > 0 {
+		fmt.Fprintf(w, "\n#### Targets\n\n%s\n", strings.Join(lines, "\n"))
+	}
 }

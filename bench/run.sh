@@ -1,0 +1,80 @@
+#!/bin/sh
+# bench/run.sh: the whole benchmark behind `make bench`. It builds lmtpgate
+# and lmtpbench, runs
+#   1. a real Cyrus 3.6 murder on loopback (needs root and Cyrus, as
+#      installed by `make deps`): Cyrus's own LMTP proxy (a), lmtpgate on
+#      the frontend's mailboxes.db (b), lmtpgate on the master's MUPDATE
+#      only (c) and the backends' lmtpd directly (d), under the headline
+#      load and the default mixes;
+#   2. lmtpgate against null backends (its own ceiling, added latency,
+#      1,000 connections, a 1,000,000-mailbox database rewritten under load);
+#   3. the 1,000,000-mailbox index in process;
+#   4. the Go benchmarks (allocations per message, index build and lookup);
+# and writes bench/results.md. Work files go to $BENCH_DIR (default: a new
+# temporary directory), which is kept for inspection.
+#
+# Environment: BENCH_MESSAGES (messages per murder run, default 2000),
+# BENCH_DURATION (each null-backend run, default 8s), RESULTS (output file,
+# default bench/results.md).
+set -eu
+
+cd "$(dirname "$0")/.."
+root=$(pwd)
+work=${BENCH_DIR:-$(mktemp -d /tmp/lmtpgate-bench.XXXXXX)}
+messages=${BENCH_MESSAGES:-2000}
+duration=${BENCH_DURATION:-8s}
+results=${RESULTS:-$root/bench/results.md}
+mkdir -p "$work/bin"
+
+echo "bench: building into $work/bin" >&2
+go build -o "$work/bin/lmtpgate" ./cmd/lmtpgate
+go build -o "$work/bin/lmtpbench" ./cmd/lmtpbench
+bench=$work/bin/lmtpbench
+gate=$work/bin/lmtpgate
+
+echo "bench: real murder" >&2
+"$bench" lab --dir "$work/lab" --runs a,b,c,d --lmtpgate "$gate" \
+	--conns 8 --messages "$messages" --mailboxes 10 \
+	--load '2x:1/1KiB:1' \
+	--load '1:50,2x:30,10:20/1KiB:80,64KiB:18,5MiB:2' >"$work/lab.out"
+
+echo "bench: null backends" >&2
+"$bench" ceiling --dir "$work/ceiling" --lmtpgate "$gate" --duration "$duration" >"$work/ceiling.out"
+
+echo "bench: 1,000,000-mailbox index" >&2
+"$bench" mboxdb --dir "$work/mboxdb" -o "$work/mboxdb.md" >"$work/mboxdb.out"
+
+echo "bench: Go benchmarks" >&2
+go test -run '^$' -bench '^BenchmarkDeliverNull$' -benchtime 20000x -count 3 ./internal/front >"$work/gobench-front.txt"
+go test -run '^$' -bench '^Benchmark(Build1M|ParseAndBuild1M)$' -benchtime 3x ./internal/mboxlist >"$work/gobench-mboxlist.txt"
+go test -run '^$' -bench '^BenchmarkLookup$' ./internal/mboxlist >>"$work/gobench-mboxlist.txt"
+
+{
+	echo "# lmtpgate benchmark results"
+	echo
+	echo "Written by \`make bench\` (bench/run.sh) on $(date -u +%Y-%m-%d) from commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)'). Every figure below comes from this one run; work files were in \`$work\`. The machine is described at the end of the real-murder section. Results from different machines are not comparable."
+	echo
+	cat "$work/lab/results.md"
+	echo
+	cat "$work/ceiling/results.md"
+	cat "$work/mboxdb.md"
+	echo
+	echo "## Go benchmarks"
+	echo
+	echo "\`BenchmarkDeliverNull\` (internal/front): one single-recipient 1 KiB transaction through lmtpgate's LMTP server and backend pool, in one process, against a null backend; allocs/op is per message."
+	echo
+	echo '```'
+	grep -E '^(Benchmark|cpu:)' "$work/gobench-front.txt"
+	echo '```'
+	echo
+	echo "internal/mboxlist: index build from 1,000,000 synthetic records (Build1M), the same plus parsing a flat image (ParseAndBuild1M, with the heap the index keeps), and a lookup (mean)."
+	echo
+	echo '```'
+	grep -E '^(Benchmark|cpu:)' "$work/gobench-mboxlist.txt"
+	echo '```'
+	echo
+	echo "## Large messages"
+	echo
+	echo "A message larger than lmtp.spool_memory_limit (default 1 MiB) is spooled to an unlinked file as soon as it passes the limit (internal/spool); the in-memory part is dropped then, and each backend reads the file through its own reader. A 5 MiB message is therefore held in memory at most once, and only up to the limit. The 5 MiB messages of the default mix above go through this path."
+} >"$results"
+echo "bench: wrote $results" >&2
