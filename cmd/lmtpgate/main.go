@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"time"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/lmtpgate/lmtpgate/internal/config"
 	"github.com/lmtpgate/lmtpgate/internal/service"
 )
@@ -127,6 +129,14 @@ func check(path string, stdout io.Writer) error {
 func controlPath(path string) string {
 	if cfg, err := config.Load(path); err == nil {
 		return cfg.ControlSocket
+	}
+	// The file does not load as a whole (unknown key, bad value): take
+	// control_socket alone, ignoring the rest.
+	var raw struct {
+		ControlSocket string `yaml:"control_socket"`
+	}
+	if b, err := os.ReadFile(path); err == nil && yaml.Unmarshal(b, &raw) == nil && raw.ControlSocket != "" {
+		return raw.ControlSocket
 	}
 	return "/run/lmtpgate/control.sock"
 }
