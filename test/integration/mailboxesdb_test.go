@@ -3,6 +3,8 @@ package integration
 import (
 	"fmt"
 	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -216,6 +218,123 @@ func TestMailboxesDB(t *testing.T) {
 		}
 		if n := len(logLines(d, "level=ERROR")); n != 0 {
 			t.Errorf("the daemon logged %d errors during the checkpoints", n)
+		}
+	})
+
+	// A damaged mailboxes.db never empties the routing table: the last
+	// good index stays in use, the damage is reported once (log, status,
+	// resolve), and the next good file is taken up by itself.
+	t.Run("bad-file", func(t *testing.T) {
+		db := filepath.Join(t.TempDir(), "mailboxes.db")
+		copyFile(t, l.FrontendMailboxesDB(), db)
+		d := testbin.Start(t, configDB(l, "[mailboxes-db]", db, ""))
+		good := []string{"alice@example.org", "carol@example.org"}
+		deliver := func(t *testing.T, when string) {
+			t.Helper()
+			rr, dr, id := send(t, d.LMTP, good, when)
+			for _, r := range good {
+				if rr[r] != "" || dr[r] != "" {
+					t.Errorf("%s: %s got RCPT %q DATA %q, want delivered", when, r, rr[r], dr[r])
+				}
+			}
+			if count(t, l, 1, "user/alice", id) != 1 || count(t, l, 2, "user/carol", id) != 1 {
+				t.Errorf("%s: the message is not in user/alice and user/carol exactly once", when)
+			}
+		}
+		deliver(t, "good copy")
+
+		// A mailbox the copy does not know yet, to tell the restored
+		// file from the last good index.
+		const news = "+bb/news@example.org"
+		if err := l.CreateMailbox(ctxT(t), 1, "bb/news", map[string]string{"anyone": "lrsp"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.WaitFrontend(ctxT(t), "bb.news", true); err != nil {
+			t.Fatal(err)
+		}
+		if rep := probe(t, d.LMTP, news); rep != "550 5.1.1" {
+			t.Fatalf("bb/news is not in the copy, yet RCPT says %q", rep)
+		}
+
+		const errMsg = "cannot read mailboxes.db; keeping the previous routing table"
+		size := func() int64 {
+			st, err := os.Stat(db)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return st.Size()
+		}
+		garbage := make([]byte, 8192)
+		for i := range garbage {
+			garbage[i] = byte(i*7 + i/13)
+		}
+		steps := []struct {
+			name  string
+			apply func()
+		}{
+			{"truncated", func() {
+				if err := os.Truncate(db, size()/2+3); err != nil {
+					t.Fatal(err)
+				}
+			}},
+			{"garbage", func() {
+				if err := os.WriteFile(db+".tmp", garbage, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Rename(db+".tmp", db); err != nil {
+					t.Fatal(err)
+				}
+			}},
+			{"empty", func() {
+				if err := os.WriteFile(db+".tmp", nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Rename(db+".tmp", db); err != nil {
+					t.Fatal(err)
+				}
+			}},
+		}
+		for i, step := range steps {
+			step.apply()
+			if !eventually(time.Minute, func() bool { return len(logLines(d, errMsg)) > i }) {
+				t.Fatalf("%s: the daemon never logged %q:\n%s", step.name, errMsg, d.Output())
+			}
+			lines := logLines(d, errMsg)
+			last := lines[len(lines)-1]
+			if !strings.Contains(last, "level=ERROR") || !strings.Contains(last, "path="+db) || !strings.Contains(last, " err=") {
+				t.Errorf("%s: the error line lacks level, path or reason:\n%s", step.name, last)
+			}
+			t.Logf("%s: %s", step.name, last)
+			deliver(t, step.name)
+			out, code := d.Run(t, "status")
+			if code != 0 || !strings.Contains(out, "keeping last good index") || !regexp.MustCompile(`mailboxes-db +ok +\d+ mailboxes`).MatchString(out) {
+				t.Errorf("%s: status (exit %d), want the index state and the error:\n%s", step.name, code, out)
+			}
+			out, code = d.Run(t, "resolve", "-v", "alice@example.org")
+			if code != 0 || !strings.Contains(out, "answered by mailboxes-db") || !strings.Contains(out, "keeping last good index") {
+				t.Errorf("%s: resolve -v (exit %d), want the answer from the last good index and the error:\n%s", step.name, code, out)
+			}
+		}
+		// Let several stat intervals pass over the same bad file: the
+		// problem is logged once per distinct state, not once per check.
+		time.Sleep(2500 * time.Millisecond)
+		if n := len(logLines(d, errMsg)); n != len(steps) {
+			t.Errorf("%d error lines for %d bad files, want one each:\n%s", n, len(steps), strings.Join(logLines(d, "level=ERROR"), "\n"))
+		}
+
+		// Restored, with the mailbox the copy lacked.
+		copyFile(t, l.FrontendMailboxesDB(), db)
+		if !eventually(time.Minute, func() bool { return probe(t, d.LMTP, news) == "" }) {
+			t.Fatalf("bb/news still %q after the good file came back", probe(t, d.LMTP, news))
+		}
+		d.WaitLog(t, "mailboxes.db readable again", time.Minute)
+		rr, dr, id := send(t, d.LMTP, []string{news}, "restored")
+		if rr[news] != "" || dr[news] != "" || count(t, l, 1, "bb/news", id) != 1 {
+			t.Errorf("bb/news after the restore: RCPT %q DATA %q, want one copy on backend 1", rr[news], dr[news])
+		}
+		deliver(t, "restored")
+		if out, _ := d.Run(t, "status"); strings.Contains(out, "keeping last good index") {
+			t.Errorf("status still reports the old error after the restore:\n%s", out)
 		}
 	})
 }
