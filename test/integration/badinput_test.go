@@ -96,7 +96,7 @@ func TestBadLMTPInput(t *testing.T) {
 			line string
 			next string // a good command that must then succeed
 		}{
-			{false, "HELO mta.test", "LHLO mta.test"}, // SMTP's greeting is not LMTP's
+			{false, "HELO mta.test", "LHLO mta.test"},                  // SMTP's greeting is not LMTP's
 			{false, "MAIL FROM:<sender@example.org>", "LHLO mta.test"}, // before LHLO
 			{false, "LHLO", "LHLO mta.test"},
 			{true, "XYZZY plugh", "MAIL FROM:<sender@example.org>"},
