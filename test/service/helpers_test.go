@@ -173,7 +173,8 @@ backends:
   connect_timeout: 3s
   command_timeout: 10s
   addresses: {be1: "%s", be2: "%s", "127.0.0.2": "%s", "127.0.0.3": "%s"}
-%s`, f.master.Addr(), fakemupdate.DefaultUser, fakemupdate.DefaultPassword, indent(lookup),
+%s
+`, f.master.Addr(), fakemupdate.DefaultUser, fakemupdate.DefaultPassword, indent(lookup),
 		fakelmtp.User, fakelmtp.Password, f.be1.Addr(), f.be2.Addr(), f.be1.Addr(), f.be2.Addr(), extra)
 }
 
