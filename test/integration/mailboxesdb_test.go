@@ -45,8 +45,10 @@ func TestMailboxesDB(t *testing.T) {
 			t.Errorf("user/bob holds %d copies, want 1", n)
 		}
 
-		// Deleted: Cyrus 3.6 renames it to DELETED.user.bob.<hex>, which
-		// must route nowhere, under either name.
+		// Deleted: Cyrus 3.6 renames it to DELETED.user.bob.<hex>. Neither
+		// name may take mail: bob's address finds no mailbox, and the
+		// DELETED copy, addressed as a shared folder, grants anonymous
+		// posters no right (Cyrus's rule answers that as unknown).
 		if err := l.DeleteMailbox(ctxT(t), 1, "user/bob"); err != nil {
 			t.Fatal(err)
 		}
