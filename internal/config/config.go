@@ -216,8 +216,13 @@ func cleanYAMLError(err error) string {
 	return strings.TrimSpace(s)
 }
 
-// Duration is a YAML duration ("30s", "5m").
-type Duration struct{ D time.Duration }
+// Duration is a YAML duration ("30s", "5m"). A value that does not parse
+// is kept as an error and reported by the builder, which knows the key's
+// full name: "shutdown_timeout: \"soon\" is not a duration".
+type Duration struct {
+	D   time.Duration
+	bad string
+}
 
 // UnmarshalYAML parses a Go duration string; a bare integer means seconds,
 // as in Cyrus's configuration.
@@ -232,7 +237,8 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration (e.g. 30s, 5m)", n.Line, s)
+		d.bad = s
+		return nil
 	}
 	d.D = v
 	return nil
@@ -371,6 +377,10 @@ func (b *builder) boolean(key string, v *bool, imapdKey string, def bool) bool {
 
 func (b *builder) dur(key string, v *Duration, def time.Duration) time.Duration {
 	if v == nil {
+		return def
+	}
+	if v.bad != "" {
+		b.fail(key, "%q is not a duration (e.g. 30s, 5m)", v.bad)
 		return def
 	}
 	if v.D < 0 {
