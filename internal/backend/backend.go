@@ -27,6 +27,11 @@ import (
 	"github.com/emersion/go-smtp"
 )
 
+// healthCheckAfter is how long a pooled connection may sit idle before it
+// is checked with NOOP before reuse (Cyrus checks every time,
+// cyrus-interop §8.4).
+const healthCheckAfter = 5 * time.Second
+
 // DefaultPort is the port used when a server string has none and
 // Config.DefaultPort is zero: the usual lmtpd port of murder backends.
 const DefaultPort = 2003
@@ -485,7 +490,11 @@ func (p *Pool) run(ctx context.Context, b *bconn, reused bool, env Envelope, rcp
 	}
 	start := time.Now()
 
-	if reused {
+	// A connection used moments ago is almost surely alive; checking it
+	// would cost a round trip per delivery. If it did die, MAIL fails on
+	// the transport and the transaction is retried on a fresh connection
+	// (nothing has been sent that could deliver twice).
+	if reused && time.Since(b.lastUsed) >= healthCheckAfter {
 		command()
 		if err := b.c.Noop(); err != nil {
 			p.debug(ctx, t, StageMail, start, "pooled connection failed health check", slog.String("error", err.Error()))
@@ -495,7 +504,6 @@ func (p *Pool) run(ctx context.Context, b *bconn, reused bool, env Envelope, rcp
 			}
 			return nil, true
 		}
-		p.reuses.Add(1)
 	}
 
 	// MAIL FROM. AUTH=<> unless the MTA gave an identity; go-smtp drops the
@@ -513,15 +521,21 @@ func (p *Pool) run(ctx context.Context, b *bconn, reused bool, env Envelope, rcp
 	p.debug(ctx, t, StageMail, start, "backend MAIL", errAttr(err))
 	if err != nil {
 		var se *smtp.SMTPError
-		if errors.As(err, &se) && validReply(se.Code) {
+		errors.As(err, &se)
+		// A pooled connection that died, or whose backend is going away
+		// (421), is replaced once by a fresh one.
+		if reused && ctx.Err() == nil && (se == nil || se.Code == 421) {
+			return nil, true
+		}
+		if se != nil && validReply(se.Code) {
 			all(outcome{stage: StageMail, reply: se})
 			return outs, false
 		}
-		if reused && ctx.Err() == nil && se == nil {
-			return nil, true
-		}
 		all(outcome{stage: StageMail, err: wrap(err)})
 		return outs, false
+	}
+	if reused {
+		p.reuses.Add(1)
 	}
 
 	// RCPT, one per unique recipient, no pipelining (Cyrus lmtp_runtxn).

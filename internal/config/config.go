@@ -693,7 +693,10 @@ func (b *builder) buildBackends(r *rawBackends) {
 	be.CommandTimeout = b.dur("backends.command_timeout", r.CommandTimeout, time.Minute)
 	be.TxnTimeout = b.dur("backends.txn_timeout", r.TxnTimeout, 5*time.Minute)
 	be.IdleTimeout = b.dur("backends.idle_timeout", r.IdleTimeout, 5*time.Minute)
-	be.MaxIdle = 4
+	// As many as an MTA typically runs LMTP connections at once (Postfix's
+	// default_destination_concurrency_limit): fewer means re-dialling and
+	// re-authenticating under load.
+	be.MaxIdle = 20
 	if r.MaxIdle != nil {
 		be.MaxIdle = *r.MaxIdle
 	}
