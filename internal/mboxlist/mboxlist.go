@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,6 +68,10 @@ func (c Config) withDefaults() Config {
 	}
 	return c
 }
+
+// bigFile is the mailboxes.db size from which memory is returned to the
+// operating system right after a rebuild.
+const bigFile = 32 << 20
 
 // ErrUnavailable is returned (wrapped) by Lookup before a first good load:
 // the source cannot answer, which is not the same as "no such mailbox".
@@ -270,6 +275,13 @@ func (d *DB) check(ctx context.Context, force bool) error {
 	}
 	d.idx.Store(x)
 	d.cur, d.hasFail, d.statFailed = info, false, false
+	if info.FileSize >= bigFile {
+		// The file image and the previous index are garbage now. Go
+		// would keep their pages until the scavenger gets round to them,
+		// so a daemon routing a million mailboxes would sit at several
+		// times its live heap; hand them back at once instead.
+		defer func() { go debug.FreeOSMemory() }()
+	}
 	now := time.Now()
 	d.mu.Lock()
 	d.status.Loaded = true
