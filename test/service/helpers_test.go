@@ -309,3 +309,17 @@ func newRelay(t *testing.T, upstream string) *relay {
 }
 
 func (r *relay) Addr() string { return r.ln.Addr().String() }
+
+// waitLogLines waits (up to 10 s) until the daemon's log has at least want
+// lines matching every pattern, and returns how many it has. The log
+// travels through a pipe, so it may trail the LMTP reply it accompanies.
+func waitLogLines(d interface{ Output() string }, want int, patterns ...string) int {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n := len(logLines(d.Output(), patterns...))
+		if n >= want || time.Now().After(deadline) {
+			return n
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
