@@ -185,18 +185,9 @@ func (c *Client) Lookup(ctx context.Context, mailbox string) (lookup.Entry, erro
 			return err
 		}
 		for {
-			r, err := ReadResponse(c.br, c.cfg.MaxLiteral)
+			r, err := c.readTagged(tag)
 			if err != nil {
 				return err
-			}
-			if r.Tag == "*" {
-				if r.Kind == "BYE" {
-					return fmt.Errorf("server said BYE %q", strings.Join(r.Args, " "))
-				}
-				continue // untagged data we do not need
-			}
-			if r.Tag != tag {
-				return protoErr("response tagged %q to command %q", r.Tag, tag)
 			}
 			switch r.Kind {
 			case "OK":
@@ -275,31 +266,41 @@ func (c *Client) noop() error {
 	return c.awaitOK(tag, "NOOP")
 }
 
-// awaitOK reads responses until the one tagged tag, which must be OK.
-func (c *Client) awaitOK(tag, what string) error {
+// readTagged returns the next response tagged tag, passing over untagged
+// data we do not need. A BYE, or a response tagged for another command, is
+// an error: the stream is not where we think it is.
+func (c *Client) readTagged(tag string) (Response, error) {
 	for {
 		r, err := ReadResponse(c.br, c.cfg.MaxLiteral)
 		if err != nil {
-			return err
+			return r, err
 		}
 		if r.Tag == "*" {
 			if r.Kind == "BYE" {
-				return fmt.Errorf("server said BYE %q", strings.Join(r.Args, " "))
+				return r, fmt.Errorf("server said BYE %q", strings.Join(r.Args, " "))
 			}
 			continue
 		}
 		if r.Tag != tag {
-			return protoErr("response tagged %q to command %q", r.Tag, tag)
+			return r, protoErr("response tagged %q to command %q", r.Tag, tag)
 		}
-		switch r.Kind {
-		case "OK":
-			return nil
-		case "NO", "BAD":
-			return fmt.Errorf("%s refused: %s %q", what, r.Kind, strings.Join(r.Args, " "))
-		default:
-			return protoErr("unexpected %s response to %s", r.Kind, what)
-		}
+		return r, nil
 	}
+}
+
+// awaitOK reads responses until the one tagged tag, which must be OK.
+func (c *Client) awaitOK(tag, what string) error {
+	r, err := c.readTagged(tag)
+	if err != nil {
+		return err
+	}
+	switch r.Kind {
+	case "OK":
+		return nil
+	case "NO", "BAD":
+		return fmt.Errorf("%s refused: %s %q", what, r.Kind, strings.Join(r.Args, " "))
+	}
+	return protoErr("unexpected %s response to %s", r.Kind, what)
 }
 
 // do runs op on the connection under the breaker's rules.
