@@ -157,7 +157,7 @@ func TestLabRealCyrus(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
 	for _, k := range []string{"a", "d"} {
-		r, err := bench.ReadResult(filepath.Join(dir, k+".json"))
+		r, err := bench.ReadResult(filepath.Join(dir, "load1-"+k+".json"))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,6 +23,18 @@ import (
 )
 
 var msgSeq atomic.Int64
+
+// sentDates keeps each message's Date header, so that a retry resends the
+// very same message, as an MTA does. Cyrus's duplicate suppression keys on
+// Message-ID, mailbox and Date: a retry with a new Date is a new message.
+var sentDates sync.Map
+
+func dateOf(id string) string {
+	if d, ok := sentDates.Load(id); ok {
+		return d.(string)
+	}
+	return time.Now().Format(time.RFC1123Z)
+}
 
 // send runs one LMTP transaction and returns the RCPT replies and the
 // post-DATA replies by recipient ("" = accepted/delivered), and the
@@ -66,6 +79,7 @@ func sendMsg(addr string, rcpts []string, subject, msgID string, pad int) (rcptR
 	id = msgID
 	if id == "" {
 		id = fmt.Sprintf("<%d.%d@lmtpgate.test>", time.Now().UnixNano(), msgSeq.Add(1))
+		sentDates.Store(id, time.Now().Format(time.RFC1123Z))
 	}
 	if n == 0 {
 		return rcptRep, dataRep, id, nil
@@ -74,7 +88,7 @@ func sendMsg(addr string, rcpts []string, subject, msgID string, pad int) (rcptR
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("DATA: %w", err)
 	}
-	fmt.Fprintf(w, "From: sender@example.org\r\nTo: undisclosed-recipients:;\r\nSubject: %s\r\nMessage-ID: %s\r\nDate: %s\r\n\r\nbody line 1\r\n.leading dot\r\n", subject, id, time.Now().Format(time.RFC1123Z))
+	fmt.Fprintf(w, "From: sender@example.org\r\nTo: undisclosed-recipients:;\r\nSubject: %s\r\nMessage-ID: %s\r\nDate: %s\r\n\r\nbody line 1\r\n.leading dot\r\n", subject, id, dateOf(id))
 	for pad > 0 {
 		k := min(pad, 76)
 		fmt.Fprintf(w, "%s\r\n", strings.Repeat("x", k))
