@@ -12,6 +12,7 @@ package fakemupdate
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -50,7 +51,18 @@ type Server struct {
 	finds       int
 	noops       int
 	findsFor    map[string]int
+	tlsConfig   *tls.Config
+	tlsMode     string
 	wg          sync.WaitGroup
+}
+
+// SetTLS makes new connections use TLS: mode "tls" from the first byte,
+// or "starttls" (advertised in the banner, as Cyrus does when it has a
+// certificate, and entered with the STARTTLS command).
+func (s *Server) SetTLS(cfg *tls.Config, mode string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tlsConfig, s.tlsMode = cfg, mode
 }
 
 // New starts a server on 127.0.0.1 with a free port. With a non-nil t the
@@ -228,21 +240,35 @@ const greeting = "* AUTH \"PLAIN\" \"LOGIN\"\r\n" +
 	"* PARTIAL-UPDATE\r\n" +
 	"* OK MUPDATE \"127.0.0.1\" \"Cyrus IMAP\" \"3.6.1-Debian-3.6.1-4+deb12u5\" \"(master)\"\r\n"
 
-func (s *Server) serve(c net.Conn) {
+func (s *Server) serve(raw net.Conn) {
 	defer s.wg.Done()
 	defer func() {
 		s.mu.Lock()
-		delete(s.conns, c)
+		delete(s.conns, raw)
 		s.mu.Unlock()
-		c.Close()
+		raw.Close()
 	}()
+	c := raw
+	s.mu.Lock()
+	tlsConfig, tlsMode := s.tlsConfig, s.tlsMode
+	s.mu.Unlock()
+	if tlsMode == "tls" {
+		c = tls.Server(c, tlsConfig)
+	}
 	br := bufio.NewReader(c)
 	w := bufio.NewWriter(c)
 	send := func(str string) bool {
 		w.WriteString(str)
 		return w.Flush() == nil
 	}
-	if !s.stalled() && !send(greeting) {
+	banner := greeting
+	if tlsMode == "starttls" {
+		// Cyrus lists STARTTLS before the OK line while TLS is not
+		// active (cyrus-interop §10.2).
+		i := strings.Index(greeting, "* OK")
+		banner = greeting[:i] + "* STARTTLS\r\n" + greeting[i:]
+	}
+	if !s.stalled() && !send(banner) {
 		return
 	}
 	authed := false
@@ -286,6 +312,19 @@ func (s *Server) serve(c net.Conn) {
 			}
 		case "FIND":
 			out = s.find(tag, args, authed)
+		case "STARTTLS":
+			if tlsMode != "starttls" || authed {
+				out = tag + " BAD \"Unrecognized command\"\r\n"
+				break
+			}
+			if !send(tag + " OK \"Begin TLS negotiation now\"\r\n") {
+				return
+			}
+			// The banner is sent again over TLS, without STARTTLS.
+			c = tls.Server(c, tlsConfig)
+			br, w = bufio.NewReader(c), bufio.NewWriter(c)
+			tlsMode = "active"
+			out = greeting
 		default:
 			out = tag + " BAD \"Unrecognized command\"\r\n"
 		}
