@@ -22,6 +22,9 @@ func reply(code int, e1, e2, e3 int, msg string) *smtp.SMTPError {
 var (
 	// RCPT time.
 	replyUnknown      = reply(550, 5, 1, 1, "Mailbox unknown")
+	// A lookup that could not be made is never "user unknown": Cyrus's
+	// proxy answered 550 when its MUPDATE server was unreachable
+	// (cyrus-imapd issue 5593), bouncing mail for mailboxes that exist.
 	replyLookupFailed = reply(451, 4, 4, 3, "Mailbox lookup temporarily unavailable, try again later")
 	replyReserved     = reply(451, 4, 2, 1, "Mailbox is currently reserved")
 	replyMoving       = reply(451, 4, 2, 1, "Mailbox has been moved to another server")

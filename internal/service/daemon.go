@@ -83,7 +83,7 @@ func Serve(ctx context.Context, path, version string, stderr io.Writer) error {
 
 	st, err := build(ctx, cfg, nil, log)
 	if err != nil {
-		closeAll(listeners, activated)
+		closeAll(listeners)
 		return err
 	}
 	d.cur.Store(st)
@@ -345,7 +345,7 @@ func openListeners(cfg *config.Config) (ls []net.Listener, activated bool, err e
 			l, err = net.Listen(li.Network, li.Address)
 		}
 		if err != nil {
-			closeAll(ls, false)
+			closeAll(ls)
 			return nil, false, fmt.Errorf("listen %s: %w", li, err)
 		}
 		ls = append(ls, l)
@@ -356,7 +356,7 @@ func openListeners(cfg *config.Config) (ls []net.Listener, activated bool, err e
 	return ls, false, nil
 }
 
-func closeAll(ls []net.Listener, activated bool) {
+func closeAll(ls []net.Listener) {
 	for _, l := range ls {
 		l.Close()
 	}
