@@ -21,7 +21,7 @@ func reply(code int, e1, e2, e3 int, msg string) *smtp.SMTPError {
 
 var (
 	// RCPT time.
-	replyUnknown      = reply(550, 5, 1, 1, "Mailbox unknown")
+	replyUnknown = reply(550, 5, 1, 1, "Mailbox unknown")
 	// A lookup that could not be made is never "user unknown": Cyrus's
 	// proxy answered 550 when its MUPDATE server was unreachable
 	// (cyrus-imapd issue 5593), bouncing mail for mailboxes that exist.
