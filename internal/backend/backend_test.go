@@ -3,16 +3,10 @@ package backend_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"strings"
 	"sync"
@@ -23,6 +17,7 @@ import (
 
 	"github.com/lmtpgate/lmtpgate/internal/backend"
 	"github.com/lmtpgate/lmtpgate/internal/backend/fakelmtp"
+	"github.com/lmtpgate/lmtpgate/internal/testcert"
 )
 
 const body = "From: sender@example.org\r\nSubject: test\r\n\r\nline 1\r\n.leading dot\r\n"
@@ -558,7 +553,7 @@ func TestConcurrentDeliver(t *testing.T) {
 }
 
 func TestStartTLS(t *testing.T) {
-	cert, pool := selfSigned(t)
+	cert, pool := testcert.New(t, "backend1")
 	srv := fakelmtp.New(t, fakelmtp.WithTLS(&tls.Config{Certificates: []tls.Certificate{cert}}))
 	p := newPool(t, srv, func(c *backend.Config) {
 		c.TLSConfig = &tls.Config{RootCAs: pool}
@@ -589,34 +584,6 @@ func TestStartTLS(t *testing.T) {
 		res := p.Deliver(testCtx(t), "backend1/tls", backend.Envelope{}, []string{"a@internal"}, bytesMsg(body))
 		checkResults(t, res, []string{"a@internal"}, []want{{stage: backend.StageConnect, err: true}})
 	})
-}
-
-func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "backend1"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
 }
 
 func ptr(s string) *string { return &s }
