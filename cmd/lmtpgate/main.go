@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,6 +23,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/lmtpgate/lmtpgate/internal/config"
+	"github.com/lmtpgate/lmtpgate/internal/cyrusdb"
 	"github.com/lmtpgate/lmtpgate/internal/service"
 )
 
@@ -118,6 +120,16 @@ func check(path string, stdout io.Writer) error {
 	}
 	for _, w := range cfg.Warnings {
 		fmt.Fprintln(stdout, "warning:", w)
+	}
+	// The daemon runs on without a readable mailboxes.db (the source is
+	// "unavailable" until the file appears), so this is a warning, not an
+	// error; but an operator checking a new setup wants to hear it now.
+	if slices.Contains(cfg.Order(), config.SourceMailboxesDB) {
+		if info, err := cyrusdb.Stat(cfg.Lookup.MailboxesDB); err != nil {
+			fmt.Fprintf(stdout, "warning: lookup.mailboxes_db: %v\n", err)
+		} else {
+			fmt.Fprintf(stdout, "%s: %s format, %d bytes\n", cfg.Lookup.MailboxesDB, info.Format, info.FileSize)
+		}
 	}
 	fmt.Fprintf(stdout, "%s: OK (mode %s from %s; lookup order %s)\n", path, cfg.Mode, cfg.ModeFrom, strings.Join(cfg.Order(), ", "))
 	return nil
