@@ -26,6 +26,10 @@ duration=${BENCH_DURATION:-8s}
 results=${RESULTS:-$root/bench/results.md}
 mkdir -p "$work/bin"
 
+# Which code is measured, decided before anything is written (the results
+# file itself is in the tree).
+commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
+
 echo "bench: building into $work/bin" >&2
 go build -o "$work/bin/lmtpgate" ./cmd/lmtpgate
 go build -o "$work/bin/lmtpbench" ./cmd/lmtpbench
@@ -52,7 +56,7 @@ go test -run '^$' -bench '^BenchmarkLookup$' ./internal/mboxlist >>"$work/gobenc
 {
 	echo "# lmtpgate benchmark results"
 	echo
-	echo "Written by \`make bench\` (bench/run.sh) on $(date -u +%Y-%m-%d) from commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)'). Every figure below comes from this one run; work files were in \`$work\`. The machine is described at the end of the real-murder section. Results from different machines are not comparable."
+	echo "Written by \`make bench\` (bench/run.sh) on $(date -u +%Y-%m-%d) from commit $commit. Every figure below comes from this one run; work files were in \`$work\`. The machine is described at the end of the real-murder section. Results from different machines are not comparable."
 	echo
 	cat "$work/lab/results.md"
 	echo
