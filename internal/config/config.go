@@ -113,6 +113,7 @@ type Config struct {
 		Timeout           time.Duration
 		MailboxesDB       string
 		MailboxesDBFormat string
+		ReplicaSocket     string
 		PollInterval      time.Duration
 		ForcePolling      bool
 		Cache             struct {
@@ -308,6 +309,7 @@ type rawLookup struct {
 	Timeout           *Duration  `yaml:"timeout"`
 	MailboxesDB       *string    `yaml:"mailboxes_db"`
 	MailboxesDBFormat *string    `yaml:"mailboxes_db_format"`
+	ReplicaSocket     *string    `yaml:"replica_socket"`
 	PollInterval      *Duration  `yaml:"poll_interval"`
 	ForcePolling      *bool      `yaml:"force_polling"`
 	Cache             rawCache   `yaml:"cache"`
@@ -571,6 +573,14 @@ func (b *builder) buildLookup(r *rawLookup) {
 	if l.MailboxesDB == "" {
 		if dir, ok := b.im.String("configdirectory"); ok && dir != "" {
 			l.MailboxesDB = filepath.Join(dir, "mailboxes.db")
+		}
+	}
+	// Cyrus's lmtpd pokes the local mupdate replica through this socket
+	// before it declares a mailbox unknown (cyrus-interop §10.7).
+	l.ReplicaSocket = b.str(r.ReplicaSocket, "", "")
+	if r.ReplicaSocket == nil {
+		if dir, ok := b.im.String("configdirectory"); ok && dir != "" {
+			l.ReplicaSocket = filepath.Join(dir, "socket", "mupdate.target")
 		}
 	}
 	l.MailboxesDBFormat = b.str(r.MailboxesDBFormat, "", "auto")

@@ -54,6 +54,12 @@ type Config struct {
 	ForcePolling bool
 	// LockTimeout bounds waiting for Cyrus's lock on each read.
 	LockTimeout time.Duration
+	// ReplicaSocket is the local mupdate replica's kick socket
+	// (<configdirectory>/socket/mupdate.target); on a miss it is poked and
+	// the file re-checked before the miss is answered. Empty disables.
+	ReplicaSocket string
+	// ReplicaTimeout bounds one poke (default 3s).
+	ReplicaTimeout time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -65,6 +71,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.LockTimeout <= 0 {
 		c.LockTimeout = DefaultLockTimeout
+	}
+	if c.ReplicaTimeout <= 0 {
+		c.ReplicaTimeout = DefaultReplicaTimeout
 	}
 	return c
 }
@@ -147,6 +156,7 @@ type DB struct {
 	cancel    context.CancelFunc
 	done      chan struct{}
 	kick      chan struct{}
+	pokes     pokes
 }
 
 // New returns a DB for cfg. It does not touch the file or start anything.
@@ -171,13 +181,26 @@ func (d *DB) Name() string { return SourceName }
 // returns lookup.ErrNotFound when the loaded file has no such routable
 // mailbox, an error wrapping ErrUnavailable before the first good load,
 // and an error wrapping ErrBrokenEntry for a record that exists but
-// cannot be decoded. It never blocks on a reload and does not allocate.
-func (d *DB) Lookup(_ context.Context, mailbox string) (lookup.Entry, error) {
+// cannot be decoded. A hit never blocks on a reload and does not allocate;
+// a miss, with Config.ReplicaSocket set, first pokes the local replica and
+// re-checks the file, as Cyrus's lmtpd does.
+func (d *DB) Lookup(ctx context.Context, mailbox string) (lookup.Entry, error) {
 	x := d.idx.Load()
 	if x == nil {
 		return lookup.Entry{}, errUnavailable
 	}
-	return x.Lookup(mailbox)
+	e, err := x.Lookup(mailbox)
+	if !errors.Is(err, lookup.ErrNotFound) || d.cfg.ReplicaSocket == "" {
+		return e, err
+	}
+	if perr := d.pokeReplica(ctx); perr != nil {
+		d.log.Debug("local mupdate replica not poked; the miss stands", "socket", d.cfg.ReplicaSocket, "err", perr.Error())
+		return e, err
+	}
+	if cerr := d.check(ctx, false); cerr != nil {
+		return e, err
+	}
+	return d.idx.Load().Lookup(mailbox)
 }
 
 // Index returns the current index, or nil before the first good load.

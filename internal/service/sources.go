@@ -51,10 +51,11 @@ func (st *state) source(name string) lookup.Source {
 }
 
 type mailboxesDBKey struct {
-	path   string
-	format string
-	poll   string
-	force  bool
+	path    string
+	format  string
+	poll    string
+	force   bool
+	replica string
 }
 
 type mupdateKey struct {
@@ -94,7 +95,7 @@ func build(ctx context.Context, cfg *config.Config, prev *state, log *slog.Logge
 		var key any
 		switch name {
 		case config.SourceMailboxesDB:
-			key = mailboxesDBKey{cfg.Lookup.MailboxesDB, cfg.Lookup.MailboxesDBFormat, cfg.Lookup.PollInterval.String(), cfg.Lookup.ForcePolling}
+			key = mailboxesDBKey{cfg.Lookup.MailboxesDB, cfg.Lookup.MailboxesDBFormat, cfg.Lookup.PollInterval.String(), cfg.Lookup.ForcePolling, cfg.Lookup.ReplicaSocket}
 		case config.SourceLocalMupdate:
 			key = mupdateKey{cfg.Lookup.Local, cfg.Lookup.Cache}
 		case config.SourceMasterMupdate:
@@ -151,10 +152,11 @@ func newSource(ctx context.Context, cfg *config.Config, name string, log *slog.L
 			return nil, err
 		}
 		db := mboxlist.New(mboxlist.Config{
-			Path:         cfg.Lookup.MailboxesDB,
-			Format:       f,
-			PollInterval: cfg.Lookup.PollInterval,
-			ForcePolling: cfg.Lookup.ForcePolling,
+			Path:          cfg.Lookup.MailboxesDB,
+			Format:        f,
+			PollInterval:  cfg.Lookup.PollInterval,
+			ForcePolling:  cfg.Lookup.ForcePolling,
+			ReplicaSocket: cfg.Lookup.ReplicaSocket,
 		}, log)
 		// A missing or damaged file is not a reason to refuse to run:
 		// the source answers "unavailable" (never "not found") until a
