@@ -106,6 +106,10 @@ type Config struct {
 		DefaultDomain        string
 		PostUser             string
 		OverQuotaPermFailure bool
+		// DeletedPrefix is imapd.conf's deletedprefix: Cyrus renames a
+		// deleted mailbox to <prefix>.<name>.<hex> (delayed delete), and
+		// such a copy never takes mail. Not a YAML key: it is Cyrus's.
+		DeletedPrefix string
 	}
 
 	Lookup struct {
@@ -545,6 +549,7 @@ func (b *builder) buildAddress(r *rawAddress) {
 	a.DefaultDomain = strings.ToLower(b.str(r.DefaultDomain, "defaultdomain", "internal"))
 	a.PostUser = b.str(r.PostUser, "postuser", "")
 	a.OverQuotaPermFailure = b.boolean("address.over_quota_perm_failure", r.OverQuotaPermFailure, "lmtp_over_quota_perm_failure", false)
+	a.DeletedPrefix = b.str(nil, "deletedprefix", "DELETED")
 }
 
 func (b *builder) buildLookup(r *rawLookup) {

@@ -85,6 +85,7 @@ maxmessagesize: 1048576
 		{"hostname", c.Hostname, "fe1.example.org"},
 		{"mailboxes_db", c.Lookup.MailboxesDB, "/var/lib/cyrus/mailboxes.db"},
 		{"replica_socket", c.Lookup.ReplicaSocket, "/var/lib/cyrus/socket/mupdate.target"},
+		{"deletedprefix default", c.Address.DeletedPrefix, "DELETED"},
 		{"master address", c.Lookup.Master.Address, "mupdate.example.org:3905"},
 		{"master authname", c.Lookup.Master.AuthName, "mupduser"},
 		{"master password", c.Lookup.Master.Password, "mupdpw"},

@@ -88,6 +88,8 @@ func newHarness(t *testing.T, opts ...func(*Options, *Runtime)) *harness {
 		"bb.secret":  active("bb.secret", "be1", "boss\tlrswipkxtecdan\t"),
 		"user.newby": {Name: "user.newby", Server: "be2", State: lookup.Reserved},
 		"user.mover": {Name: "user.mover", Server: "be2", State: lookup.Moving},
+		// A delayed-delete copy of a shared folder, still postable.
+		"DELETED.bb.old.5F00AA11": active("DELETED.bb.old.5F00AA11", "be1", "anyone\tlrsp\t"),
 	}}
 	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	h.pool = backend.NewPool(backend.Config{
@@ -105,6 +107,7 @@ func newHarness(t *testing.T, opts ...func(*Options, *Runtime)) *harness {
 		Chain:            lookup.NewChain(time.Second, h.src),
 		Deliver:          h.pool,
 		SpoolMemoryLimit: 1 << 20,
+		DeletedPrefix:    "DELETED",
 	}
 	o := Options{Hostname: "fe.test", MaxMessageBytes: 1 << 20, MaxRecipients: 100, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second, Log: log}
 	for _, f := range opts {
@@ -245,7 +248,7 @@ func TestDeliveryAcrossBackends(t *testing.T) {
 func TestRcptTimeReplies(t *testing.T) {
 	h := newHarness(t)
 	c := h.client()
-	rcptRep, _ := h.send(c, []string{"newby@x", "mover@x", "+bb/private@x", "+bb/secret@x", "+@x", "bb+sales@x"}, body)
+	rcptRep, _ := h.send(c, []string{"newby@x", "mover@x", "+bb/private@x", "+bb/secret@x", "+@x", "bb+sales@x", "+DELETED/bb/old/5F00AA11@x"}, body)
 	want := map[string]string{
 		"newby@x":       "451 4.2.1", // reserved
 		"mover@x":       "451 4.2.1", // moving
@@ -253,6 +256,8 @@ func TestRcptTimeReplies(t *testing.T) {
 		"+bb/secret@x":  "550 5.1.1", // neither: do not leak existence
 		"+@x":           "550 5.1.1", // names no mailbox
 		"bb+sales@x":    "550 5.1.1", // user.bb does not exist (postuser is empty)
+		// a delayed-delete copy never takes mail, even with anyone p
+		"+DELETED/bb/old/5F00AA11@x": "550 5.1.1",
 	}
 	for r, w := range want {
 		if rcptRep[r] != w {

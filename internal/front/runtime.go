@@ -25,8 +25,11 @@ type Runtime struct {
 	Chain                *lookup.Chain
 	Deliver              Deliverer
 	OverQuotaPermFailure bool
-	SpoolMemoryLimit     int64
-	SpoolDir             string
+	// DeletedPrefix is Cyrus's deletedprefix ("DELETED"): mailboxes under
+	// it are delayed-delete copies and never take mail. Empty disables.
+	DeletedPrefix    string
+	SpoolMemoryLimit int64
+	SpoolDir         string
 
 	// OnRetired runs once the Runtime has been replaced and no
 	// transaction holds it any more: the service closes the sources and

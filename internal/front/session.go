@@ -130,6 +130,14 @@ func Check(ctx context.Context, rt *Runtime, rcpt, authID string, trace bool) Ve
 		return v
 	}
 	v.Recipient = addr
+	if addr.Shared && isDeleted(addr.Mailbox, rt.DeletedPrefix) {
+		// A delayed-delete copy ("+DELETED/bb/old/5F00AA11@...") is listed
+		// like any mailbox, and may even grant "anyone p"; Cyrus's backend
+		// refuses delivery to it for ever. It surely is no mailbox to
+		// deliver to, so it is unknown, not deferred.
+		v.Reply, v.Err = replyUnknown, errors.New("a deleted mailbox (under "+rt.DeletedPrefix+")")
+		return v
+	}
 	v.Result = rt.Chain.Resolve(ctx, addr.Mailbox, trace)
 	v.Err = v.Result.Err
 	switch v.Result.Status {
@@ -150,6 +158,18 @@ func Check(ctx context.Context, rt *Runtime, rcpt, authID string, trace bool) Ve
 		}
 	}
 	return v
+}
+
+// isDeleted reports whether the internal name lies under Cyrus's
+// deletedprefix, with or without a "domain!" in front.
+func isDeleted(mailbox, prefix string) bool {
+	if prefix == "" {
+		return false
+	}
+	if i := strings.IndexByte(mailbox, '!'); i >= 0 {
+		mailbox = mailbox[i+1:]
+	}
+	return strings.HasPrefix(mailbox, prefix+".")
 }
 
 // sharedRights applies Cyrus's RCPT-time check for shared folders: the

@@ -138,6 +138,7 @@ func build(ctx context.Context, cfg *config.Config, prev *state, log *slog.Logge
 		Chain:                lookup.NewChain(cfg.Lookup.Timeout, sources...),
 		Deliver:              pool.(front.Deliverer),
 		OverQuotaPermFailure: cfg.Address.OverQuotaPermFailure,
+		DeletedPrefix:        cfg.Address.DeletedPrefix,
 		SpoolMemoryLimit:     cfg.LMTP.SpoolMemoryLimit,
 		SpoolDir:             cfg.LMTP.SpoolDir,
 	}

@@ -3,6 +3,7 @@ package integration
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lmtpgate/lmtpgate/internal/testbin"
 )
@@ -42,5 +43,49 @@ func TestMissPokesTheRealReplica(t *testing.T) {
 	// A mailbox that does not exist anywhere is still a 550 after the poke.
 	if rep := probe(t, withPoke.LMTP, "nobody-at-all@example.org"); rep != "550 5.1.1" {
 		t.Fatalf("unknown mailbox after a poke: %q", rep)
+	}
+}
+
+// Cyrus 3.6 deletes a mailbox by renaming it to DELETED.<name>.<hex>
+// (delayed delete). For a shared folder that grants "anyone p" the copy
+// still looks postable, but Cyrus's backend refuses delivery to it for
+// ever; lmtpgate answers 550 5.1.1 at once instead of deferring it.
+func TestDeletedSharedFolderIsUnknown(t *testing.T) {
+	l := setup(t)
+	if err := l.CreateMailbox(ctxT(t), 1, "bb/old", map[string]string{"anyone": "lrsp"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WaitFrontend(ctxT(t), "bb.old", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.DeleteMailbox(ctxT(t), 1, "bb/old"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WaitFrontend(ctxT(t), "bb.old", false); err != nil {
+		t.Fatal(err)
+	}
+	var deleted string
+	if !eventually(30*time.Second, func() bool {
+		fm, err := l.FrontendMailboxes(ctxT(t))
+		if err != nil {
+			return false
+		}
+		for name := range fm {
+			if strings.HasPrefix(name, "DELETED.bb.old.") {
+				deleted = name
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatal("no DELETED.* copy of bb.old appeared on the frontend (the lab expects Cyrus's default delayed delete)")
+	}
+	d := testbin.Start(t, config(l, "[mailboxes-db]", ""))
+	rcpt := "+" + strings.ReplaceAll(deleted, ".", "/") + "@example.org"
+	if rep := probe(t, d.LMTP, rcpt); rep != "550 5.1.1" {
+		t.Fatalf("%s (delayed-delete copy %s): %q, want 550 5.1.1", rcpt, deleted, rep)
+	}
+	if rep := probe(t, d.LMTP, "+bb/sales@example.org"); rep != "" {
+		t.Fatalf("a live shared folder: %q, want 250", rep)
 	}
 }
