@@ -11,6 +11,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-smtp"
 	"golang.org/x/sys/unix"
@@ -98,6 +99,10 @@ func TestSocketActivation(t *testing.T) {
 	}
 	if !strings.HasPrefix(ready["STATUS"], "mode master; master-mupdate ok") {
 		t.Errorf("READY's STATUS=%q, want the routing state", ready["STATUS"])
+	}
+	// The log comes through a pipe and may trail the READY datagram.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(out.String(), "socket_activated=true") && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
 	}
 	if l := out.String(); !strings.Contains(l, "socket_activated=true") {
 		t.Errorf("start-up log does not say socket_activated=true:\n%s", l)
