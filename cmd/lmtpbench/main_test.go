@@ -161,7 +161,11 @@ func TestLabRealCyrus(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.Completed != 20 || r.Replies2xx != r.Recipients || r.Recipients < 20 {
+		// Every recipient is answered and counted once. Cyrus itself may
+		// defer the odd recipient under load (a 4xx); that is Cyrus's
+		// business, not the generator's, so it is counted, not failed.
+		if r.Completed != 20 || r.Recipients < 20 || r.NoReply != 0 || r.Replies5xx != 0 ||
+			r.Replies2xx+r.Replies4xx != r.Recipients || r.Replies2xx < r.Recipients/2 {
 			t.Errorf("run %s: %+v", k, r)
 		}
 		if k == "a" && (r.Proc == nil || r.Proc.MaxProcs < 2) {
