@@ -3,9 +3,11 @@ package front
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/textproto"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -466,5 +468,51 @@ func TestOverlongLineIsPermanent(t *testing.T) {
 	}
 	if n := len(h.be1.Messages()); n != 0 {
 		t.Fatalf("broken message reached the backend (%d)", n)
+	}
+}
+
+// CHUNKING is advertised (go-smtp does), so BDAT must work end to end: the
+// per-recipient replies come after the LAST chunk, in RCPT order.
+func TestBDATDelivery(t *testing.T) {
+	h := newHarness(t)
+	conn, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	tp := textproto.NewConn(conn)
+	expect := func(code int) string {
+		t.Helper()
+		_, msg, err := tp.ReadResponse(code)
+		if err != nil {
+			t.Fatalf("want %d: %v", code, err)
+		}
+		return msg
+	}
+	expect(220)
+	tp.PrintfLine("LHLO mta.test")
+	if caps := expect(250); !strings.Contains(caps, "CHUNKING") {
+		t.Fatalf("CHUNKING not advertised: %q", caps)
+	}
+	tp.PrintfLine("MAIL FROM:<s@example.org>")
+	expect(250)
+	tp.PrintfLine("RCPT TO:<alice@x>")
+	expect(250)
+	tp.PrintfLine("RCPT TO:<carol@x>")
+	expect(250)
+	part1, part2 := "Subject: bdat\r\n\r\nfirst ", "chunk, second chunk\r\n"
+	fmt.Fprintf(tp.W, "BDAT %d\r\n%s", len(part1), part1)
+	tp.W.Flush()
+	expect(250)
+	fmt.Fprintf(tp.W, "BDAT %d LAST\r\n%s", len(part2), part2)
+	tp.W.Flush()
+	expect(250) // alice
+	expect(250) // carol
+	for _, be := range []*fakelmtp.Server{h.be1, h.be2} {
+		m := be.Messages()
+		if len(m) != 1 || !strings.HasSuffix(string(m[0].Body), part1+part2) {
+			t.Fatalf("BDAT message not delivered intact: %+v", m)
+		}
 	}
 }
