@@ -516,3 +516,42 @@ func TestBDATDelivery(t *testing.T) {
 		}
 	}
 }
+
+// A stop must not wait on an MTA that holds a transaction open without
+// sending DATA, nor on a client that never said LHLO: once the stop's time
+// and grace are spent, every connection is cut (go-smtp's own Close does
+// nothing after Shutdown began). Nothing was acknowledged, so nothing is
+// lost. The deadlines below only keep a broken stop from hanging the test.
+func TestShutdownCutsStalledClients(t *testing.T) {
+	h := newHarness(t, func(o *Options, _ *Runtime) { o.ReadTimeout = 10 * time.Minute })
+	c := h.client()
+	if err := c.Mail("s@x", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("alice@x", nil); err != nil {
+		t.Fatal(err)
+	}
+	silent, err := net.Dial("tcp", h.addr) // never says LHLO
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	stopped := make(chan struct{})
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		h.srv.Shutdown(ctx, 100*time.Millisecond)
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(time.Minute):
+		t.Fatal("Shutdown is still waiting on a client that holds a transaction open")
+	}
+	if _, err := c.Data(); err == nil {
+		t.Fatal("the stalled transaction's connection is still open after the stop")
+	}
+	if len(h.be1.Messages()) != 0 {
+		t.Fatal("a message reached the backend")
+	}
+}

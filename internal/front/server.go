@@ -59,6 +59,11 @@ type Server struct {
 	draining atomic.Bool
 	mu       sync.Mutex
 	sessions map[*session]struct{}
+	// conns are all accepted connections, with or without a session: a
+	// stop that runs out of time must be able to cut off every one
+	// (go-smtp's Close does nothing once Shutdown has begun).
+	connMu sync.Mutex
+	conns  map[net.Conn]struct{}
 
 	nsessions, ntxn, ndelivered, ntemp, nperm atomic.Uint64
 	idPrefix                                  string
@@ -70,7 +75,7 @@ func New(opts Options, holder *Holder) *Server {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	s := &Server{opts: opts, log: opts.Log, holder: holder, sessions: map[*session]struct{}{}}
+	s := &Server{opts: opts, log: opts.Log, holder: holder, sessions: map[*session]struct{}{}, conns: map[net.Conn]struct{}{}}
 	s.deliverCtx, s.cancelDeliver = context.WithCancel(context.Background())
 	var b [4]byte
 	rand.Read(b[:])
@@ -96,7 +101,7 @@ func New(opts Options, holder *Holder) *Server {
 
 // Serve accepts LMTP connections on l until the server stops.
 func (s *Server) Serve(l net.Listener) error {
-	err := s.smtp.Serve(l)
+	err := s.smtp.Serve(trackingListener{l, s})
 	if err == smtp.ErrServerClosed {
 		return nil
 	}
@@ -132,37 +137,37 @@ func (s *Server) Shutdown(ctx context.Context, grace time.Duration) {
 		s.smtp.Shutdown(context.Background())
 		close(done)
 	}()
+	defer func() {
+		// Whatever is left — a transaction that outlived the grace, a
+		// client that never said LHLO — is cut off; the MTA retries what
+		// it got no answer for.
+		s.closeConns()
+		<-done
+	}()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
-	for {
-		if s.closeIdle() == 0 {
-			break
-		}
+	if s.drain(ctx, tick.C, done) {
+		return
+	}
+	s.cancelDeliver()
+	gctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	s.drain(gctx, tick.C, done)
+}
+
+// drain closes sessions as they go idle until none is in a transaction
+// (true) or ctx ends (false).
+func (s *Server) drain(ctx context.Context, tick <-chan time.Time, done <-chan struct{}) bool {
+	for s.closeIdle() > 0 {
 		select {
 		case <-ctx.Done():
-			s.cancelDeliver()
-			deadline := time.After(grace)
-			for s.closeIdle() > 0 {
-				select {
-				case <-deadline:
-					s.smtp.Close()
-					<-done
-					return
-				case <-tick.C:
-				}
-			}
-			s.smtp.Close()
-			<-done
-			return
+			return false
 		case <-done:
-			return
-		case <-tick.C:
+			return true
+		case <-tick:
 		}
 	}
-	// No transaction is left; connections that never said LHLO carry
-	// nothing and can go.
-	s.smtp.Close()
-	<-done
+	return true
 }
 
 // closeIdle closes every session that is between transactions and returns
@@ -179,6 +184,49 @@ func (s *Server) closeIdle() int {
 		sess.conn.Conn().Close()
 	}
 	return busy
+}
+
+// closeConns closes every connection still open.
+func (s *Server) closeConns() {
+	s.connMu.Lock()
+	open := make([]net.Conn, 0, len(s.conns))
+	for c := range s.conns {
+		open = append(open, c)
+	}
+	s.connMu.Unlock()
+	for _, c := range open {
+		c.Close()
+	}
+}
+
+// trackingListener records every accepted connection in the server.
+type trackingListener struct {
+	net.Listener
+	s *Server
+}
+
+func (l trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	tc := &trackedConn{Conn: c, s: l.s}
+	l.s.connMu.Lock()
+	l.s.conns[tc] = struct{}{}
+	l.s.connMu.Unlock()
+	return tc, nil
+}
+
+type trackedConn struct {
+	net.Conn
+	s *Server
+}
+
+func (c *trackedConn) Close() error {
+	c.s.connMu.Lock()
+	delete(c.s.conns, c)
+	c.s.connMu.Unlock()
+	return c.Conn.Close()
 }
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
