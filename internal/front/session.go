@@ -34,7 +34,6 @@ type session struct {
 	from    string
 	authID  string // MAIL FROM AUTH= identity, "" if none or <>
 	rcpts   []recipient
-	started time.Time
 }
 
 type recipient struct {
@@ -77,7 +76,6 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if opts != nil && opts.Auth != nil && *opts.Auth != "" && *opts.Auth != "<>" {
 		s.authID = *opts.Auth
 	}
-	s.started = time.Now()
 	return nil
 }
 

@@ -57,7 +57,7 @@ func Read(prefix []byte, r io.Reader, memLimit int64, dir string) (*Message, err
 	// 64 KiB for every message.
 	buf := bytes.NewBuffer(make([]byte, 0, min(memLimit, 4<<10)+int64(len(prefix))))
 	buf.Write(prefix)
-	n, err := io.CopyN(buf, r, memLimit-int64(len(prefix))+1)
+	_, err := io.CopyN(buf, r, memLimit-int64(len(prefix))+1)
 	if err == io.EOF {
 		m.mem = buf.Bytes()
 		m.size = int64(buf.Len())
@@ -66,7 +66,6 @@ func Read(prefix []byte, r io.Reader, memLimit int64, dir string) (*Message, err
 	if err != nil {
 		return nil, err
 	}
-	_ = n
 	f, err := os.CreateTemp(dir, "lmtpgate-spool-*")
 	if err != nil {
 		return nil, err
