@@ -20,8 +20,6 @@ import (
 	"syscall"
 	"time"
 
-	"go.yaml.in/yaml/v3"
-
 	"github.com/lmtpgate/lmtpgate/internal/config"
 	"github.com/lmtpgate/lmtpgate/internal/cyrusdb"
 	"github.com/lmtpgate/lmtpgate/internal/service"
@@ -135,22 +133,11 @@ func check(path string, stdout io.Writer) error {
 	return nil
 }
 
-// controlPath reads just enough of the configuration to find the control
-// socket, so that reload and status work even when the file on disk is
-// broken (that is exactly when `systemctl reload` must report the error).
-func controlPath(path string) string {
-	if cfg, err := config.Load(path); err == nil {
-		return cfg.ControlSocket
-	}
-	// The file does not load as a whole (unknown key, bad value): take
-	// control_socket alone, ignoring the rest.
-	var raw struct {
-		ControlSocket string `yaml:"control_socket"`
-	}
-	if b, err := os.ReadFile(path); err == nil && yaml.Unmarshal(b, &raw) == nil && raw.ControlSocket != "" {
-		return raw.ControlSocket
-	}
-	return "/run/lmtpgate/control.sock"
+// controlSocket is the daemon's control socket, found even when the file
+// on disk is broken.
+func controlSocket(path string) string {
+	sock, _ := config.Locate(path)
+	return sock
 }
 
 func resolve(ctx context.Context, path string, addrs []string, verbose, local, jsonOut bool, stdout, stderr io.Writer) error {
@@ -162,7 +149,7 @@ func resolve(ctx context.Context, path string, addrs []string, verbose, local, j
 	from := "running daemon"
 	if !local {
 		cctx, cancel := context.WithTimeout(ctx, time.Minute)
-		resp, err := service.Call(cctx, cfg.ControlSocket, service.Request{Cmd: "resolve", Args: addrs, Verbose: verbose})
+		resp, err := service.Call(cctx, cfg.ControlSocket, service.Request{Cmd: "resolve", Args: addrs})
 		cancel()
 		switch {
 		case err == nil && !resp.OK:
@@ -219,7 +206,7 @@ func resolve(ctx context.Context, path string, addrs []string, verbose, local, j
 // outcome. Without a control socket it falls back to SIGHUP to $MAINPID
 // (set by systemd for ExecReload), whose outcome it cannot see.
 func reload(ctx context.Context, path string, stdout io.Writer) error {
-	sock := controlPath(path)
+	sock := controlSocket(path)
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	resp, err := service.Call(cctx, sock, service.Request{Cmd: "reload"})
@@ -253,10 +240,7 @@ func mode(ctx context.Context, path, want string, stdout io.Writer) error {
 	if perr != nil {
 		return perr
 	}
-	stateDir := "/var/lib/lmtpgate"
-	if err == nil {
-		stateDir = cfg.StateDir
-	}
+	_, stateDir := config.Locate(path)
 	if err := os.MkdirAll(stateDir, 0o755); err != nil {
 		return err
 	}
@@ -276,7 +260,7 @@ func mode(ctx context.Context, path, want string, stdout io.Writer) error {
 func status(ctx context.Context, path string, jsonOut bool, stdout io.Writer) error {
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resp, err := service.Call(cctx, controlPath(path), service.Request{Cmd: "status"})
+	resp, err := service.Call(cctx, controlSocket(path), service.Request{Cmd: "status"})
 	if err != nil {
 		return fmt.Errorf("no running daemon: %w", err)
 	}

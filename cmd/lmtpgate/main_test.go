@@ -75,3 +75,20 @@ func TestModeWritesStateFile(t *testing.T) {
 		t.Fatal("mode accepted sideways")
 	}
 }
+
+// A damaged mode file makes the whole configuration fail to load; `lmtpgate
+// mode` must still find the configured state_dir and put it right.
+func TestModeRepairsADamagedModeFile(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfg, []byte("state_dir: "+dir+"\ncontrol_socket: "+dir+"/none.sock\nlookup: {order: [mailboxes-db], mailboxes_db: /x}\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "mode"), []byte("sideways\n"), 0o644)
+	t.Setenv("MAINPID", "")
+	if _, err := runCmd(t, "check", "-c", cfg); err == nil {
+		t.Fatal("check accepted a damaged mode file")
+	}
+	runCmd(t, "mode", "-c", cfg, "master") // the reload fails: no daemon
+	if out, err := runCmd(t, "check", "-c", cfg); err != nil {
+		t.Fatalf("mode did not repair the state file: %v\n%s", err, out)
+	}
+}

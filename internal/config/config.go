@@ -21,8 +21,36 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// DefaultPath is where the packages install the configuration.
-const DefaultPath = "/etc/lmtpgate/lmtpgate.yaml"
+// Defaults for where things live; the packages and units use the same.
+const (
+	DefaultPath          = "/etc/lmtpgate/lmtpgate.yaml"
+	DefaultStateDir      = "/var/lib/lmtpgate"
+	DefaultControlSocket = "/run/lmtpgate/control.sock"
+)
+
+// Locate returns control_socket and state_dir from the file at path even
+// when the file as a whole does not load (an unknown key, a bad value, a
+// damaged mode file): that is exactly when `lmtpgate reload` must still
+// reach the running daemon to report the error, and when `lmtpgate mode`
+// must still be able to rewrite the mode file.
+func Locate(path string) (controlSocket, stateDir string) {
+	var r struct {
+		ControlSocket *string `yaml:"control_socket"`
+		StateDir      *string `yaml:"state_dir"`
+	}
+	controlSocket, stateDir = DefaultControlSocket, DefaultStateDir
+	data, err := os.ReadFile(path)
+	if err != nil || yaml.Unmarshal(data, &r) != nil {
+		return
+	}
+	if r.ControlSocket != nil {
+		controlSocket = *r.ControlSocket
+	}
+	if r.StateDir != nil {
+		stateDir = *r.StateDir
+	}
+	return
+}
 
 // Lookup source names, as used in lookup.order.
 const (
@@ -469,7 +497,7 @@ func (b *builder) build(r *raw) {
 		b.fail("mode", "%v", err)
 	}
 	c.Mode, c.ModeFrom = m, "config"
-	c.StateDir = b.str(r.StateDir, "", "/var/lib/lmtpgate")
+	c.StateDir = b.str(r.StateDir, "", DefaultStateDir)
 	if data, err := os.ReadFile(filepath.Join(c.StateDir, "mode")); err == nil {
 		m, err := ParseMode(string(data))
 		if err != nil {
@@ -480,7 +508,7 @@ func (b *builder) build(r *raw) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		b.fail("state_dir", "%v", err)
 	}
-	c.ControlSocket = b.str(r.ControlSocket, "", "/run/lmtpgate/control.sock")
+	c.ControlSocket = b.str(r.ControlSocket, "", DefaultControlSocket)
 	c.WatchConfig = b.boolean("watch_config", r.WatchConfig, "", false)
 	c.ShutdownTimeout = b.dur("shutdown_timeout", r.ShutdownTimeout, 30*time.Second)
 

@@ -179,3 +179,17 @@ func TestImapdConfSyntaxError(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+func TestLocateSurvivesABrokenFile(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "c.yaml", "control_socket: /srv/ctl.sock\nstate_dir: /srv/state\nbogus_key: 1\n")
+	if _, err := Load(p); err == nil {
+		t.Fatal("the broken file loads")
+	}
+	if sock, st := Locate(p); sock != "/srv/ctl.sock" || st != "/srv/state" {
+		t.Fatalf("Locate = %q %q", sock, st)
+	}
+	if sock, st := Locate(filepath.Join(dir, "missing.yaml")); sock != DefaultControlSocket || st != DefaultStateDir {
+		t.Fatalf("Locate(missing) = %q %q", sock, st)
+	}
+}

@@ -18,9 +18,8 @@ import (
 
 // Request is one control command.
 type Request struct {
-	Cmd     string   `json:"cmd"` // "reload", "status", "resolve"
-	Args    []string `json:"args,omitempty"`
-	Verbose bool     `json:"verbose,omitempty"`
+	Cmd  string   `json:"cmd"` // "reload", "status", "resolve"
+	Args []string `json:"args,omitempty"`
 }
 
 // Response is the daemon's answer.
