@@ -65,16 +65,8 @@ const DefaultRcptMix = "1:100"
 // need not add up to 100.
 func ParseRcptMix(s string) (RcptMix, error) {
 	var mix RcptMix
-	for _, part := range strings.Split(s, ",") {
-		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
-		cls, w, ok := strings.Cut(part, ":")
-		if !ok {
-			return nil, fmt.Errorf("rcpt mix %q: want N[x|s]:WEIGHT", part)
-		}
-		var c RcptClass
+	err := parseWeighted(s, "rcpt mix", "N[x|s]:WEIGHT", func(cls string, weight int) error {
+		c := RcptClass{Weight: weight}
 		switch {
 		case strings.HasSuffix(cls, "x"):
 			c.Spread, cls = SpreadDistinct, strings.TrimSuffix(cls, "x")
@@ -83,19 +75,44 @@ func ParseRcptMix(s string) (RcptMix, error) {
 		}
 		n, err := strconv.Atoi(cls)
 		if err != nil || n < 1 || n > 1000 {
-			return nil, fmt.Errorf("rcpt mix %q: recipient count must be 1..1000", part)
+			return errors.New("recipient count must be 1..1000")
 		}
-		wt, err := strconv.Atoi(w)
-		if err != nil || wt < 0 {
-			return nil, fmt.Errorf("rcpt mix %q: weight must be a non-negative integer", part)
-		}
-		c.N, c.Weight = n, wt
+		c.N = n
 		mix = append(mix, c)
-	}
-	if totalWeight(mix, func(c RcptClass) int { return c.Weight }) == 0 {
-		return nil, errors.New("rcpt mix: empty or all weights zero")
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return mix, nil
+}
+
+// parseWeighted splits "KEY:WEIGHT,..." and hands each entry to add;
+// what and form name the list and its syntax in errors.
+func parseWeighted(s, what, form string, add func(key string, weight int) error) error {
+	total := 0
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		key, w, ok := strings.Cut(part, ":")
+		if !ok {
+			return fmt.Errorf("%s %q: want %s", what, part, form)
+		}
+		weight, err := strconv.Atoi(w)
+		if err != nil || weight < 0 {
+			return fmt.Errorf("%s %q: weight must be a non-negative integer", what, part)
+		}
+		if err := add(key, weight); err != nil {
+			return fmt.Errorf("%s %q: %w", what, part, err)
+		}
+		total += weight
+	}
+	if total == 0 {
+		return fmt.Errorf("%s: empty or all weights zero", what)
+	}
+	return nil
 }
 
 func (m RcptMix) String() string {
@@ -128,27 +145,16 @@ const DefaultSizeMix = "1KiB:80,64KiB:18,5MiB:2"
 // optional unit B, KiB (or K, k) or MiB (or M), e.g. "1KiB:80,5MiB:2".
 func ParseSizeMix(s string) (SizeMix, error) {
 	var mix SizeMix
-	for _, part := range strings.Split(s, ",") {
-		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
-		sz, w, ok := strings.Cut(part, ":")
-		if !ok {
-			return nil, fmt.Errorf("size mix %q: want SIZE:WEIGHT", part)
-		}
-		n, err := ParseSize(sz)
+	err := parseWeighted(s, "size mix", "SIZE:WEIGHT", func(size string, weight int) error {
+		n, err := ParseSize(size)
 		if err != nil {
-			return nil, fmt.Errorf("size mix %q: %w", part, err)
+			return err
 		}
-		wt, err := strconv.Atoi(w)
-		if err != nil || wt < 0 {
-			return nil, fmt.Errorf("size mix %q: weight must be a non-negative integer", part)
-		}
-		mix = append(mix, SizeClass{Bytes: n, Weight: wt})
-	}
-	if totalWeight(mix, func(c SizeClass) int { return c.Weight }) == 0 {
-		return nil, errors.New("size mix: empty or all weights zero")
+		mix = append(mix, SizeClass{Bytes: n, Weight: weight})
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return mix, nil
 }
@@ -194,14 +200,6 @@ func FormatSize(n int) string {
 		return strconv.Itoa(n>>10) + "KiB"
 	}
 	return strconv.Itoa(n) + "B"
-}
-
-func totalWeight[T any](xs []T, w func(T) int) int {
-	t := 0
-	for _, x := range xs {
-		t += w(x)
-	}
-	return t
 }
 
 func pickWeighted(r *rand.Rand, n int, w func(int) int) int {
