@@ -208,6 +208,8 @@ func (in *instance) stop() error {
 	case <-done:
 	default:
 		_ = syscall.Kill(-pgid, syscall.SIGTERM)
+		// A frozen instance (Freeze) would hold SIGTERM until resumed.
+		_ = syscall.Kill(-pgid, syscall.SIGCONT)
 		select {
 		case <-done:
 		case <-time.After(stopGrace):

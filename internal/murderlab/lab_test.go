@@ -369,3 +369,36 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
+
+// A frozen backend accepts TCP connections but never greets; thawed, it
+// greets again; and a lab with a frozen instance still closes.
+func TestFreezeThaw(t *testing.T) {
+	l := StartTest(t, Options{Backends: 1})
+	if err := l.Freeze("backend1"); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.DialTimeout("tcp", l.BackendLMTPAddr(1), 10*time.Second)
+	if err != nil {
+		t.Fatalf("a frozen backend must still accept TCP: %v", err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	buf := make([]byte, 64)
+	if n, err := c.Read(buf); err == nil {
+		t.Fatalf("a frozen backend greeted: %q", buf[:n])
+	}
+	if err := l.Thaw("backend1"); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if n, err := c.Read(buf); err != nil || !strings.HasPrefix(string(buf[:n]), "220") {
+		t.Fatalf("thawed backend: %q, %v", buf[:n], err)
+	}
+	if err := l.Freeze("nosuch"); err == nil {
+		t.Error("Freeze of an unknown instance succeeded")
+	}
+	if err := l.Freeze("master"); err != nil {
+		t.Fatal(err)
+	}
+	// Close must not wait for ever on a frozen master (checked by t.Cleanup).
+}
