@@ -57,14 +57,13 @@ func (w tWriter) Write(b []byte) (int, error) {
 
 func newPool(t *testing.T, srv *fakelmtp.Server, mod func(*backend.Config)) *backend.Pool {
 	t.Helper()
-	cfg := backend.Config{
-		Addresses:      map[string]string{"backend1": srv.Addr()},
-		AuthName:       fakelmtp.User,
-		Password:       fakelmtp.Password,
-		ConnectTimeout: 10 * time.Second,
-		CommandTimeout: 10 * time.Second,
-		TxnTimeout:     30 * time.Second,
-	}
+	cfg := backend.DefaultConfig()
+	cfg.Addresses = map[string]string{"backend1": srv.Addr()}
+	cfg.AuthName = fakelmtp.User
+	cfg.Password = fakelmtp.Password
+	cfg.ConnectTimeout = 10 * time.Second
+	cfg.CommandTimeout = 10 * time.Second
+	cfg.TxnTimeout = 30 * time.Second
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -307,7 +306,9 @@ func TestBackendDown(t *testing.T) {
 	}
 	addr := l.Addr().String()
 	l.Close() // nothing listens there now: dial is refused
-	p := backend.NewPool(backend.Config{Addresses: map[string]string{"down": addr}, AuthName: "proxy", Password: "x"}, testLogger(t))
+	cfg := backend.DefaultConfig()
+	cfg.Addresses, cfg.Password = map[string]string{"down": addr}, "x"
+	p := backend.NewPool(cfg, testLogger(t))
 	defer p.Close()
 	rcpts := []string{"a@internal", "b@internal"}
 	res := p.Deliver(testCtx(t), "down", backend.Envelope{}, rcpts, bytesMsg(body))
@@ -315,7 +316,7 @@ func TestBackendDown(t *testing.T) {
 }
 
 func TestBadServerString(t *testing.T) {
-	p := backend.NewPool(backend.Config{}, nil)
+	p := backend.NewPool(backend.DefaultConfig(), nil)
 	defer p.Close()
 	res := p.Deliver(testCtx(t), "bad host", backend.Envelope{}, []string{"a@x"}, bytesMsg(body))
 	checkResults(t, res, []string{"a@x"}, []want{{stage: backend.StageConnect, err: true}})
@@ -553,10 +554,11 @@ func TestConcurrentDeliver(t *testing.T) {
 }
 
 func TestStartTLS(t *testing.T) {
-	cert, pool := testcert.New(t, "backend1")
+	cert, _ := testcert.New(t, "backend1")
 	srv := fakelmtp.New(t, fakelmtp.WithTLS(&tls.Config{Certificates: []tls.Certificate{cert}}))
+	ca := testcert.CAFile(t, cert)
 	p := newPool(t, srv, func(c *backend.Config) {
-		c.TLSConfig = &tls.Config{RootCAs: pool}
+		c.TLSCAFile = ca
 	})
 	res := p.Deliver(testCtx(t), "backend1/tls", backend.Envelope{}, []string{"a@internal"}, bytesMsg(body))
 	if !res[0].Delivered() {
@@ -605,4 +607,19 @@ func equal(a, b []string) bool {
 		}
 	}
 	return true
+}
+
+// A zero means what Config says it means, never a default: MaxIdle 0
+// keeps no connection.
+func TestZeroMaxIdleKeepsNone(t *testing.T) {
+	srv := fakelmtp.New(t)
+	p := newPool(t, srv, func(c *backend.Config) { c.MaxIdle = 0 })
+	for range 2 {
+		if res := p.Deliver(testCtx(t), "backend1", backend.Envelope{}, []string{"a@internal"}, bytesMsg(body)); !res[0].Delivered() {
+			t.Fatalf("delivery: %+v", res[0])
+		}
+	}
+	if st := p.Stats(); st.Idle != 0 || st.Dials != 2 {
+		t.Fatalf("stats with MaxIdle 0 = %+v, want no pooling", st)
+	}
 }

@@ -4,239 +4,256 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/textproto"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 )
 
-// deadlineConn puts our deadline on every Read and Write and ignores the
-// deadlines go-smtp sets. go-smtp resets the deadline to zero after each
-// command and sets none while the DATA body is written, so a backend that
-// stops reading mid-body would otherwise block us forever.
+// conn is one backend connection, set up (greeted, LHLO done, TLS and AUTH
+// as configured) and between transactions.
 //
-// The deadline is min(now+idle, hard) when idle > 0, else hard: commands run
-// with a fixed deadline, while the body and the final replies (which may
-// take long for a big message or many recipients) must only keep making
-// progress, within the transaction deadline.
-type deadlineConn struct {
-	net.Conn
-	mu   sync.Mutex
-	hard time.Time
-	idle time.Duration
-}
-
-func (d *deadlineConn) setPhase(hard time.Time, idle time.Duration) {
-	d.mu.Lock()
-	d.hard, d.idle = hard, idle
-	d.mu.Unlock()
-}
-
-func (d *deadlineConn) deadline() time.Time {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.idle > 0 {
-		t := time.Now().Add(d.idle)
-		if d.hard.IsZero() || t.Before(d.hard) {
-			return t
-		}
-	}
-	return d.hard
-}
-
-func (d *deadlineConn) Read(b []byte) (int, error) {
-	if err := d.Conn.SetReadDeadline(d.deadline()); err != nil {
-		return 0, err
-	}
-	return d.Conn.Read(b)
-}
-
-func (d *deadlineConn) Write(b []byte) (int, error) {
-	if err := d.Conn.SetWriteDeadline(d.deadline()); err != nil {
-		return 0, err
-	}
-	return d.Conn.Write(b)
-}
-
-func (d *deadlineConn) SetDeadline(time.Time) error      { return nil }
-func (d *deadlineConn) SetReadDeadline(time.Time) error  { return nil }
-func (d *deadlineConn) SetWriteDeadline(time.Time) error { return nil }
-
-// greetedConn replays a synthetic 220 greeting before the real stream. After
-// we negotiated STARTTLS ourselves (go-smtp v0.25 offers STARTTLS only for
-// SMTP clients, not LMTP ones), the go-smtp client still expects to read a
-// greeting; RFC 3207 §4.2 says the server sends none after the handshake.
-type greetedConn struct {
-	net.Conn
-	pending []byte
-}
-
-func (g *greetedConn) Read(b []byte) (int, error) {
-	if len(g.pending) > 0 {
-		n := copy(b, g.pending)
-		g.pending = g.pending[n:]
-		return n, nil
-	}
-	return g.Conn.Read(b)
-}
-
-// bconn is one backend connection, fresh or pooled.
-type bconn struct {
+// It speaks LMTP itself rather than through go-smtp's client, because
+// go-smtp's client sends one command per round trip (no RFC 2920
+// pipelining) and walks every byte of the body through its dot-writer; the
+// body here arrives already in wire form (package wire).
+type conn struct {
 	target   Target
-	dc       *deadlineConn
-	c        *smtp.Client
+	raw      net.Conn // the TCP or unix connection, or the TLS one over it
+	r        *bufio.Reader
+	w        *bufio.Writer
+	tls      bool
+	auth     bool // the backend advertised AUTH, so MAIL carries AUTH=
 	lastUsed time.Time
 }
 
-func (b *bconn) close() {
-	b.c.Close()
-}
-
-// quit sends QUIT (cyrus-interop §8.4: Cyrus does so on shutdown) and closes.
-func (b *bconn) quit(d time.Duration) {
-	b.dc.setPhase(time.Now().Add(d), 0)
-	if err := b.c.Quit(); err != nil {
-		b.c.Close()
-	}
-}
-
-// stageError is a failure while setting up a connection: which stage, and
-// either the backend's reply or a transport error.
-type stageError struct {
+// setupError is a failure while setting up a connection: its stage and
+// either the backend's refusal or a transport error.
+type setupError struct {
 	stage Stage
 	reply *smtp.SMTPError
 	err   error
 }
 
-func (e *stageError) Error() string {
+func (e *setupError) Error() string {
 	if e.reply != nil {
-		return fmt.Sprintf("%s: backend replied %d %s", e.stage, e.reply.Code, e.reply.Message)
+		return fmt.Sprintf("%s: backend replied %s", e.stage, FormatReply(e.reply))
 	}
 	return fmt.Sprintf("%s: %v", e.stage, e.err)
 }
 
-// dial opens and prepares a connection: greeting, LHLO, STARTTLS for /tls
-// targets, AUTH PLAIN (cyrus-interop §8.1, §8.2). The whole setup shares
-// ConnectTimeout, like Cyrus's client_timeout.
-func (p *Pool) dial(ctx context.Context, t Target) (*bconn, *stageError) {
+func (e *setupError) Unwrap() error { return e.err }
+
+// ErrNotAllowed is returned for a server string whose host is not in
+// Config.AllowedHosts.
+var ErrNotAllowed = errors.New("host not in backends.allowed_hosts")
+
+// dial opens and prepares a connection: greeting, LHLO, STARTTLS (for /tls
+// targets, or every target with RequireTLS), LHLO again, AUTH PLAIN as the
+// proxy identity with an empty authzid (Cyrus imap/backend.c
+// backend_connect and imap/lmtpd.c: lmtpd admits only admins). The whole
+// setup shares ConnectTimeout, like Cyrus's client_timeout.
+func (p *Pool) dial(ctx context.Context, t Target) (*conn, *setupError) {
 	cfg := &p.cfg
-	end := time.Now().Add(cfg.ConnectTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(end) {
-		end = d
+	if !cfg.allowed(t) {
+		return nil, &setupError{stage: StageConnect, err: fmt.Errorf("%w: %s", ErrNotAllowed, t.host())}
 	}
+	end := time.Now().Add(cfg.ConnectTimeout)
 	dctx, cancel := context.WithDeadline(ctx, end)
 	defer cancel()
 	var nd net.Dialer
 	raw, err := nd.DialContext(dctx, t.Network, t.Address)
 	if err != nil {
-		return nil, &stageError{stage: StageConnect, err: err}
+		return nil, &setupError{stage: StageConnect, err: err}
 	}
-	dc := &deadlineConn{Conn: raw}
-	dc.setPhase(end, 0)
 	// Closing the socket is the only way to interrupt a blocked read or a
 	// TLS handshake when ctx is cancelled.
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	defer stop()
-	fail := func(se *stageError) (*bconn, *stageError) {
+	raw.SetDeadline(end)
+	c := &conn{target: t, raw: raw, r: bufio.NewReaderSize(raw, 4096), w: bufio.NewWriterSize(raw, 32<<10)}
+	fail := func(se *setupError) (*conn, *setupError) {
 		raw.Close()
 		if ctx.Err() != nil && se.err != nil {
 			se.err = errors.Join(ctx.Err(), se.err)
 		}
 		return nil, se
 	}
-
-	var conn net.Conn = dc
-	if t.TLS {
-		tconn, err := startTLS(dctx, dc, t, cfg)
-		if err != nil {
-			return fail(&stageError{stage: StageConnect, err: err})
+	if rep, err := readReply(c.r); err != nil {
+		return fail(&setupError{stage: StageConnect, err: fmt.Errorf("greeting: %w", err)})
+	} else if rep.Code != 220 {
+		return fail(&setupError{stage: StageConnect, reply: rep})
+	}
+	caps, se := c.lhlo(cfg.HeloName)
+	if se != nil {
+		return fail(se)
+	}
+	if t.TLS || cfg.RequireTLS {
+		if _, ok := caps["STARTTLS"]; !ok {
+			return fail(&setupError{stage: StageConnect, err: errors.New("backend does not offer STARTTLS")})
 		}
-		conn = &greetedConn{Conn: tconn, pending: []byte("220 TLS established\r\n")}
+		if err := c.startTLS(dctx, t, cfg); err != nil {
+			return fail(&setupError{stage: StageConnect, err: err})
+		}
+		// RFC 3207 §4.2: forget what was learnt before TLS and ask again.
+		if caps, se = c.lhlo(cfg.HeloName); se != nil {
+			return fail(se)
+		}
 	}
-	c := smtp.NewClientLMTP(conn)
-	if err := c.Hello(cfg.HeloName); err != nil {
-		return fail(&stageError{stage: StageConnect, err: err})
-	}
+	_, c.auth = caps["AUTH"]
 	if !t.NoAuth && cfg.AuthName != "" {
-		if !c.SupportsAuth(sasl.Plain) {
-			return fail(&stageError{stage: StageAuth, err: errors.New("backend does not offer AUTH PLAIN (allowplaintext off? use a /tls server string)")})
-		}
-		// Empty authzid: the frontend proxies as itself, and lmtpd accepts
-		// only admins (cyrus-interop §8.2).
-		if err := c.Auth(sasl.NewPlainClient("", cfg.AuthName, cfg.Password)); err != nil {
-			var se *smtp.SMTPError
-			if errors.As(err, &se) && validReply(se.Code) {
-				return fail(&stageError{stage: StageAuth, reply: se})
-			}
-			return fail(&stageError{stage: StageAuth, err: err})
+		if se := c.authenticate(caps, cfg); se != nil {
+			return fail(se)
 		}
 	}
 	if !stop() {
-		return fail(&stageError{stage: StageConnect, err: ctx.Err()})
+		return fail(&setupError{stage: StageConnect, err: ctx.Err()})
 	}
-	return &bconn{target: t, dc: dc, c: c}, nil
+	raw.SetDeadline(time.Time{})
+	return c, nil
 }
 
-// startTLS runs greeting, LHLO and STARTTLS by hand on the plain connection
-// and returns the TLS connection after the handshake.
-func startTLS(ctx context.Context, dc *deadlineConn, t Target, cfg *Config) (*tls.Conn, error) {
-	// An unbuffered-enough reader: the server sends nothing after its 220
-	// to STARTTLS until our ClientHello, so nothing TLS can be swallowed.
-	tp := textproto.NewConn(struct {
-		io.Reader
-		io.Writer
-		io.Closer
-	}{bufio.NewReader(dc), dc, dc})
-	if _, _, err := tp.ReadResponse(220); err != nil {
-		return nil, fmt.Errorf("greeting: %w", err)
+// lhlo sends LHLO and returns the capabilities (keyword -> rest of line).
+func (c *conn) lhlo(name string) (map[string]string, *setupError) {
+	c.w.WriteString("LHLO " + name + "\r\n")
+	if err := c.w.Flush(); err != nil {
+		return nil, &setupError{stage: StageConnect, err: err}
 	}
-	if err := tp.PrintfLine("LHLO %s", cfg.HeloName); err != nil {
-		return nil, err
-	}
-	_, msg, err := tp.ReadResponse(250)
+	rep, err := readReply(c.r)
 	if err != nil {
-		return nil, fmt.Errorf("LHLO: %w", err)
+		return nil, &setupError{stage: StageConnect, err: fmt.Errorf("LHLO: %w", err)}
 	}
-	offered := false
-	for _, line := range strings.Split(msg, "\n")[1:] {
-		if strings.EqualFold(strings.TrimSpace(line), "STARTTLS") {
-			offered = true
+	if rep.Code != 250 {
+		return nil, &setupError{stage: StageConnect, reply: rep}
+	}
+	caps := map[string]string{}
+	for i, line := range strings.Split(rep.Message, "\n") {
+		if i == 0 {
+			continue // the server's name
+		}
+		k, v, _ := strings.Cut(strings.TrimSpace(line), " ")
+		caps[strings.ToUpper(k)] = v
+	}
+	return caps, nil
+}
+
+// startTLS runs STARTTLS and the handshake.
+func (c *conn) startTLS(ctx context.Context, t Target, cfg *Config) error {
+	c.w.WriteString("STARTTLS\r\n")
+	if err := c.w.Flush(); err != nil {
+		return err
+	}
+	rep, err := readReply(c.r)
+	if err != nil {
+		return fmt.Errorf("STARTTLS: %w", err)
+	}
+	if rep.Code != 220 {
+		return fmt.Errorf("STARTTLS refused: %s", FormatReply(rep))
+	}
+	// Anything the server sent after its 220 arrived in clear text and
+	// would be read as if it had come over TLS (the STARTTLS command
+	// injection of CVE-2011-0411): refuse it.
+	if c.r.Buffered() > 0 {
+		return fmt.Errorf("%w: data after the STARTTLS reply", ErrProtocol)
+	}
+	tc, err := cfg.TLSConfig()
+	if err != nil {
+		return err
+	}
+	tc.ServerName = t.host()
+	tlsConn := tls.Client(c.raw, tc)
+	if err := tlsConn.HandshakeContext(ctx); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	c.raw, c.tls = tlsConn, true
+	c.r.Reset(tlsConn)
+	c.w.Reset(tlsConn)
+	return nil
+}
+
+// authenticate logs in with SASL PLAIN and an initial response (RFC 4954),
+// which is what Cyrus's backends offer with allowplaintext or over TLS.
+func (c *conn) authenticate(caps map[string]string, cfg *Config) *setupError {
+	mechs, ok := caps["AUTH"]
+	if !ok || !containsWord(mechs, "PLAIN") {
+		return &setupError{stage: StageAuth, err: errors.New("backend does not offer AUTH PLAIN (allowplaintext off? use a /tls server string or backends.require_tls)")}
+	}
+	ir := base64.StdEncoding.EncodeToString([]byte("\x00" + cfg.AuthName + "\x00" + cfg.Password))
+	c.w.WriteString("AUTH PLAIN " + ir + "\r\n")
+	if err := c.w.Flush(); err != nil {
+		return &setupError{stage: StageAuth, err: err}
+	}
+	rep, err := readReply(c.r)
+	if err != nil {
+		return &setupError{stage: StageAuth, err: fmt.Errorf("AUTH: %w", err)}
+	}
+	if rep.Code == 334 {
+		// A server that wants more than the initial response: cancel.
+		c.w.WriteString("*\r\n")
+		c.w.Flush()
+		readReply(c.r)
+		return &setupError{stage: StageAuth, err: errors.New("backend asked for a second SASL round")}
+	}
+	if rep.Code != 235 {
+		return &setupError{stage: StageAuth, reply: rep}
+	}
+	return nil
+}
+
+func containsWord(list, w string) bool {
+	for _, f := range strings.Fields(list) {
+		if strings.EqualFold(f, w) {
+			return true
 		}
 	}
-	if !offered {
-		return nil, errors.New("backend does not offer STARTTLS")
-	}
-	if err := tp.PrintfLine("STARTTLS"); err != nil {
-		return nil, err
-	}
-	if _, _, err := tp.ReadResponse(220); err != nil {
-		return nil, fmt.Errorf("STARTTLS: %w", err)
-	}
-	tc := cfg.TLSConfig
-	if tc == nil {
-		tc = &tls.Config{}
-	}
-	if tc.ServerName == "" {
-		tc = tc.Clone()
-		tc.ServerName = t.host()
-	}
-	conn := tls.Client(dc, tc)
-	if err := conn.HandshakeContext(ctx); err != nil {
-		return nil, fmt.Errorf("TLS handshake: %w", err)
-	}
-	return conn, nil
+	return false
 }
 
-// validReply reports whether code is a final negative reply a backend may
-// legitimately give (4xx/5xx). Anything else where a refusal was expected
-// means we and the backend disagree on the protocol state.
-func validReply(code int) bool {
-	return code >= 400 && code <= 599
+// clean reports whether nothing unread is waiting on the connection: no
+// byte buffered and none readable on the socket. A connection with a reply
+// we did not ask for must never serve another transaction, where that
+// reply would be taken for the answer to a later command.
+func (c *conn) clean() bool {
+	if c.r.Buffered() > 0 {
+		return false
+	}
+	c.raw.SetReadDeadline(time.Now())
+	_, err := c.r.Peek(1)
+	c.raw.SetReadDeadline(time.Time{})
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
+
+// noop checks a connection that sat idle.
+func (c *conn) noop(d time.Duration) error {
+	c.raw.SetDeadline(time.Now().Add(d))
+	defer c.raw.SetDeadline(time.Time{})
+	c.w.WriteString("NOOP\r\n")
+	if err := c.w.Flush(); err != nil {
+		return err
+	}
+	rep, err := readReply(c.r)
+	if err != nil {
+		return err
+	}
+	if rep.Code != 250 {
+		return fmt.Errorf("NOOP: %s", FormatReply(rep))
+	}
+	return nil
+}
+
+// quit sends QUIT (Cyrus does so on shutdown) and closes.
+func (c *conn) quit(d time.Duration) {
+	c.raw.SetDeadline(time.Now().Add(d))
+	c.w.WriteString("QUIT\r\n")
+	if c.w.Flush() == nil {
+		readReply(c.r)
+	}
+	c.raw.Close()
+}
+
+func (c *conn) close() { c.raw.Close() }

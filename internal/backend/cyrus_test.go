@@ -196,11 +196,10 @@ func TestRealCyrusBackend(t *testing.T) {
 	imapAddr, lmtpAddr, conf := startCyrusBackend(t)
 	imapCreate(t, imapAddr, "user/alice", "user/bob")
 
-	p := backend.NewPool(backend.Config{
-		Addresses: map[string]string{"backend1": lmtpAddr},
-		AuthName:  "proxy",
-		Password:  "proxypw",
-	}, testLogger(t))
+	cfg := backend.DefaultConfig()
+	cfg.Addresses = map[string]string{"backend1": lmtpAddr}
+	cfg.AuthName, cfg.Password = "proxy", "proxypw"
+	p := backend.NewPool(cfg, testLogger(t))
 	defer p.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -227,7 +226,9 @@ func TestRealCyrusBackend(t *testing.T) {
 		t.Errorf("stats = %+v, want the connection reused", st)
 	}
 	// Wrong password: AUTH refused with a 5xx, nothing delivered.
-	bad := backend.NewPool(backend.Config{Addresses: map[string]string{"backend1": lmtpAddr}, AuthName: "proxy", Password: "nope"}, testLogger(t))
+	badCfg := cfg
+	badCfg.Password = "nope"
+	bad := backend.NewPool(badCfg, testLogger(t))
 	defer bad.Close()
 	res = bad.Deliver(ctx, "backend1", backend.Envelope{}, []string{"alice@internal"}, msg)
 	if res[0].Delivered() || res[0].Stage != backend.StageAuth || res[0].Reply == nil || res[0].Reply.Code/100 != 5 {

@@ -43,11 +43,16 @@ var errEmptyServer = errors.New("empty server string")
 // cfg.Addresses may map the whole server string, or its host[:port] part
 // without options, to another "host:port" or socket path; this is how a
 // deployment points a Cyrus server name at the address lmtpd listens on.
-// Without a port, cfg.DefaultPort (2003 if zero) is used rather than Cyrus's
+// Without a port, cfg.DefaultPort is used rather than Cyrus's
 // "lmtp" service lookup, because murder backends listen on 2003 by
 // convention. Anything else is an error: the string comes from outside
 // (the mailboxes database or the MUPDATE master) and must not be guessed at.
+// A nil cfg means DefaultConfig.
 func ParseServer(server string, cfg *Config) (Target, error) {
+	if cfg == nil {
+		d := DefaultConfig()
+		cfg = &d
+	}
 	t := Target{Network: "tcp", Name: server}
 	if server == "" {
 		return Target{}, errEmptyServer
@@ -73,34 +78,28 @@ func ParseServer(server string, cfg *Config) (Target, error) {
 			}
 		}
 	}
-	if cfg != nil {
-		mapped, ok := cfg.Addresses[server]
-		if !ok {
-			mapped, ok = cfg.Addresses[hostport]
+	mapped, ok := cfg.Addresses[server]
+	if !ok {
+		mapped, ok = cfg.Addresses[hostport]
+	}
+	if ok {
+		if strings.HasPrefix(mapped, "/") {
+			return unixTarget(t, mapped, cfg)
 		}
-		if ok {
-			if strings.HasPrefix(mapped, "/") {
-				return unixTarget(t, mapped, cfg)
-			}
-			if strings.Contains(mapped, "/") {
-				return Target{}, fmt.Errorf("address for %q: %q is neither host:port nor an absolute socket path", server, mapped)
-			}
-			hostport = mapped
+		if strings.Contains(mapped, "/") {
+			return Target{}, fmt.Errorf("address for %q: %q is neither host:port nor an absolute socket path", server, mapped)
 		}
+		hostport = mapped
 	}
 	host, port, err := splitHostPort(hostport)
 	if err != nil {
 		return Target{}, fmt.Errorf("server string %q: %w", server, err)
 	}
 	if port == "" {
-		p := 0
-		if cfg != nil {
-			p = cfg.DefaultPort
+		if cfg.DefaultPort < 1 || cfg.DefaultPort > 65535 {
+			return Target{}, fmt.Errorf("server string %q has no port and no default port is configured", server)
 		}
-		if p == 0 {
-			p = DefaultPort
-		}
-		port = strconv.Itoa(p)
+		port = strconv.Itoa(cfg.DefaultPort)
 	}
 	t.Address = net.JoinHostPort(host, port)
 	return t, nil

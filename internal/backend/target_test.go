@@ -80,11 +80,16 @@ func TestParseServer(t *testing.T) {
 }
 
 func TestParseServerDefaults(t *testing.T) {
-	for _, cfg := range []*Config{nil, {}} {
+	def := DefaultConfig()
+	for _, cfg := range []*Config{nil, &def} {
 		got, err := ParseServer("backend1", cfg)
 		if err != nil || got.Address != "backend1:2003" {
 			t.Errorf("ParseServer with %v = %+v, %v; want port 2003", cfg, got, err)
 		}
+	}
+	// A zero port is not silently replaced by a default.
+	if got, err := ParseServer("backend1", &Config{}); err == nil {
+		t.Errorf("DefaultPort 0: %+v, want an error", got)
 	}
 	got, err := ParseServer("backend1", &Config{DefaultPort: 24})
 	if err != nil || got.Address != "backend1:24" {

@@ -459,14 +459,20 @@ func (se *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 		return errDropped
 	}
 	for i, rc := range se.rcpts {
+		if replies[i] == nil {
+			m.Delivered = append(m.Delivered, rc)
+		}
+	}
+	// Recorded before any reply goes out: a client that got its 250 must
+	// find the message here.
+	se.s.record(m)
+	for i, rc := range se.rcpts {
 		if replies[i] != nil {
 			status.SetStatus(rc, replies[i])
-			continue
+		} else {
+			status.SetStatus(rc, nil)
 		}
-		m.Delivered = append(m.Delivered, rc)
-		status.SetStatus(rc, nil)
 	}
-	se.s.record(m)
 	return nil
 }
 
