@@ -197,16 +197,22 @@ func (h *Handler) Handle(ctx context.Context, r slog.Record) error {
 	return nil
 }
 
+// LevelNotice is syslog's notice (priority 5), which slog lacks: a normal
+// but significant event, such as a deferred recipient.
+const LevelNotice = slog.LevelInfo + 2
+
 // Priority maps a slog level to a syslog priority (RFC 5424 §6.2.1), the
-// journald PRIORITY field: Debug→7 debug, Info→6 info, Warn→4 warning,
-// Error and above→3 err. Levels between the named ones take the lower
-// neighbour's priority (slog.LevelInfo+2 is still info).
+// journald PRIORITY field: Debug→7 debug, Info→6 info, LevelNotice→5
+// notice, Warn→4 warning, Error and above→3 err. Levels between the named
+// ones take the lower neighbour's priority (slog.LevelInfo+1 is still info).
 func Priority(l slog.Level) int {
 	switch {
 	case l < slog.LevelInfo:
 		return 7
-	case l < slog.LevelWarn:
+	case l < LevelNotice:
 		return 6
+	case l < slog.LevelWarn:
+		return 5
 	case l < slog.LevelError:
 		return 4
 	default:
@@ -402,4 +408,15 @@ func safeError(err error) (s string) {
 		}
 	}()
 	return err.Error()
+}
+
+// ReplaceLevel is a slog.HandlerOptions.ReplaceAttr for the text and JSON
+// handlers that names LevelNotice "NOTICE" rather than "INFO+2".
+func ReplaceLevel(groups []string, a slog.Attr) slog.Attr {
+	if a.Key == slog.LevelKey && len(groups) == 0 {
+		if l, ok := a.Value.Any().(slog.Level); ok && l >= LevelNotice && l < slog.LevelWarn {
+			return slog.String(slog.LevelKey, "NOTICE")
+		}
+	}
+	return a
 }
