@@ -3,9 +3,27 @@ package lookup
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 )
+
+// CacheConfig is how a Cache keeps answers. Every field means what its
+// comment says, zero included; the defaults are DefaultCacheConfig's.
+type CacheConfig struct {
+	// PositiveTTL is how long a found mailbox is remembered; 0: not at all.
+	PositiveTTL time.Duration
+	// NegativeTTL is how long "no such mailbox" is remembered; 0: not at
+	// all. Keep it short: a mailbox created a moment ago must be found.
+	NegativeTTL time.Duration
+	// MaxEntries bounds the memory; 0 caches nothing.
+	MaxEntries int
+}
+
+// DefaultCacheConfig returns the defaults of every setting.
+func DefaultCacheConfig() CacheConfig {
+	return CacheConfig{PositiveTTL: 30 * time.Second, NegativeTTL: 5 * time.Second, MaxEntries: 100000}
+}
 
 // Cache wraps a MUPDATE source so that a burst of mail to one mailbox costs
 // one query, not one per message. Positive answers live PositiveTTL,
@@ -39,14 +57,13 @@ type call struct {
 	err   error
 }
 
-// NewCache wraps src. A zero TTL disables that kind of caching; maxEntries
-// bounds memory (0 means no caching at all).
-func NewCache(src Source, positiveTTL, negativeTTL time.Duration, maxEntries int) *Cache {
+// NewCache wraps src.
+func NewCache(src Source, cfg CacheConfig) *Cache {
 	return &Cache{
 		src:         src,
-		positiveTTL: positiveTTL,
-		negativeTTL: negativeTTL,
-		maxEntries:  maxEntries,
+		positiveTTL: cfg.PositiveTTL,
+		negativeTTL: cfg.NegativeTTL,
+		maxEntries:  cfg.MaxEntries,
 		now:         time.Now,
 		entries:     map[string]cacheEntry{},
 		inflight:    map[string]*call{},
@@ -55,9 +72,6 @@ func NewCache(src Source, positiveTTL, negativeTTL time.Duration, maxEntries int
 
 // Name is the wrapped source's name.
 func (c *Cache) Name() string { return c.src.Name() }
-
-// Unwrap returns the wrapped source.
-func (c *Cache) Unwrap() Source { return c.src }
 
 // Stats reports cache hits and misses.
 func (c *Cache) Stats() (hits, misses uint64, size int) {
@@ -135,9 +149,16 @@ func (c *Cache) evict() {
 	}
 }
 
-// Flush empties the cache (used when the mode changes).
-func (c *Cache) Flush() {
-	c.mu.Lock()
-	clear(c.entries)
-	c.mu.Unlock()
+// Health is the wrapped source's, with the cache's counters added.
+func (c *Cache) Health() Health {
+	var h Health
+	if hr, ok := c.src.(HealthReporter); ok {
+		h = hr.Health()
+	} else {
+		h = Health{Healthy: true}
+	}
+	hits, misses, size := c.Stats()
+	h.CacheHits, h.CacheMisses, h.CacheEntries = hits, misses, size
+	h.Detail += fmt.Sprintf(", cache %d entries %d hits %d misses", size, hits, misses)
+	return h
 }

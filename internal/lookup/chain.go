@@ -62,9 +62,6 @@ func NewChain(timeout time.Duration, sources ...Source) *Chain {
 	return &Chain{sources: sources, timeout: timeout}
 }
 
-// Sources returns the sources in order.
-func (c *Chain) Sources() []Source { return c.sources }
-
 // Resolve finds the mailbox. A source that fails passes the question on;
 // so does a miss, because a mailbox just created may not yet have reached
 // the local replica (Cyrus's own lmtpd pokes its replica and looks again

@@ -7,6 +7,7 @@ package lookup
 import (
 	"context"
 	"errors"
+	"time"
 )
 
 // State is the routing state of a mailbox entry, as Cyrus records it in the
@@ -68,4 +69,35 @@ type Source interface {
 	// Lookup returns the entry for the internal mailbox name, ErrNotFound
 	// for an authoritative miss, or another error if the source failed.
 	Lookup(ctx context.Context, mailbox string) (Entry, error)
+}
+
+// Health is how a source is doing, for `lmtpgate status`, `resolve -v`,
+// READY and metrics.
+type Health struct {
+	// Healthy is false while the source cannot answer: not loaded yet,
+	// unreachable, failing authentication, in its breaker's backoff.
+	Healthy bool `json:"healthy"`
+	// State is a word for the source's state ("loaded", "connected",
+	// "backoff", "stale"...).
+	State string `json:"state"`
+	// Detail says more, in words.
+	Detail string `json:"detail"`
+	// Entries is the number of mailboxes a source holds in memory, if it
+	// holds a list; LoadedAt is when that list was last updated.
+	Entries  int       `json:"entries,omitempty"`
+	LoadedAt time.Time `json:"loaded_at,omitzero"`
+	// Queries counts the questions a remote source was asked.
+	Queries uint64 `json:"queries,omitempty"`
+	// CacheHits, CacheMisses and CacheEntries are the answer cache's, for
+	// a source behind one.
+	CacheHits    uint64 `json:"cache_hits,omitempty"`
+	CacheMisses  uint64 `json:"cache_misses,omitempty"`
+	CacheEntries int    `json:"cache_entries,omitempty"`
+	// LastError is the last failure.
+	LastError string `json:"last_error,omitempty"`
+}
+
+// HealthReporter is implemented by every source.
+type HealthReporter interface {
+	Health() Health
 }

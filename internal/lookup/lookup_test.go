@@ -96,7 +96,7 @@ func (c *clock) now() time.Time { return c.t }
 
 func TestCacheTTLs(t *testing.T) {
 	src := &fakeSource{name: "master-mupdate", entries: map[string]Entry{"user.alice": {Name: "user.alice", Server: "be1"}}}
-	c := NewCache(src, 30*time.Second, 5*time.Second, 100)
+	c := NewCache(src, CacheConfig{PositiveTTL: 30 * time.Second, NegativeTTL: 5 * time.Second, MaxEntries: 100})
 	clk := &clock{t: time.Unix(1000, 0)}
 	c.now = clk.now
 	ctx := context.Background()
@@ -126,7 +126,7 @@ func TestCacheTTLs(t *testing.T) {
 
 func TestCacheDoesNotCacheFailures(t *testing.T) {
 	src := &fakeSource{name: "master-mupdate", err: errDown}
-	c := NewCache(src, time.Minute, time.Minute, 100)
+	c := NewCache(src, CacheConfig{PositiveTTL: time.Minute, NegativeTTL: time.Minute, MaxEntries: 100})
 	for range 3 {
 		if _, err := c.Lookup(context.Background(), "user.alice"); !errors.Is(err, errDown) {
 			t.Fatalf("err = %v", err)
@@ -139,7 +139,7 @@ func TestCacheDoesNotCacheFailures(t *testing.T) {
 
 func TestCacheCoalescesConcurrentQuestions(t *testing.T) {
 	src := &fakeSource{name: "master-mupdate", entries: map[string]Entry{"user.alice": {Name: "user.alice"}}, block: make(chan struct{})}
-	c := NewCache(src, time.Minute, time.Minute, 100)
+	c := NewCache(src, CacheConfig{PositiveTTL: time.Minute, NegativeTTL: time.Minute, MaxEntries: 100})
 	var wg sync.WaitGroup
 	for range 20 {
 		wg.Add(1)
@@ -164,7 +164,7 @@ func TestCacheCoalescesConcurrentQuestions(t *testing.T) {
 
 func TestCacheBounded(t *testing.T) {
 	src := &fakeSource{name: "m", entries: map[string]Entry{}}
-	c := NewCache(src, time.Minute, time.Minute, 16)
+	c := NewCache(src, CacheConfig{PositiveTTL: time.Minute, NegativeTTL: time.Minute, MaxEntries: 16})
 	for i := range 1000 {
 		c.Lookup(context.Background(), string(rune('a'+i%26))+string(rune(i)))
 	}

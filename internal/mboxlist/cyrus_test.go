@@ -92,7 +92,7 @@ func TestCyrusCommitsAndRepack(t *testing.T) {
 	}
 	run("set", "Nuser\x1falice", entry("er", "backend1"))
 
-	d := New(Config{Path: filepath.Join(dir, "mailboxes.db"), PollInterval: time.Hour}, nil)
+	d := New(testConfig(Config{Path: filepath.Join(dir, "mailboxes.db"), PollInterval: time.Hour}), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if err := d.Start(ctx); err != nil {

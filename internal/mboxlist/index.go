@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math"
+	"sort"
 	"strings"
 
 	"github.com/lmtpgate/lmtpgate/internal/lookup"
@@ -318,4 +319,21 @@ func (b *builder) finish() *Index {
 	b.x.arena = b.arena.String()
 	b.intern = nil
 	return b.x
+}
+
+// Servers returns the distinct backend server strings the index routes
+// to, sorted.
+func (x *Index) Servers() []string {
+	seen := map[uint16]bool{}
+	for i := range x.entries {
+		if e := &x.entries[i]; !e.broken && e.server != 0 {
+			seen[e.server] = true
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for s := range seen {
+		out = append(out, x.strs[s])
+	}
+	sort.Strings(out)
+	return out
 }

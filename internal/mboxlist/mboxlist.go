@@ -29,14 +29,8 @@ import (
 // SourceName is the name of this lookup source in configuration and logs.
 const SourceName = "mailboxes-db"
 
-// Defaults for zero Config fields.
-const (
-	DefaultDebounce     = 25 * time.Millisecond
-	DefaultPollInterval = time.Second
-	DefaultLockTimeout  = 2 * time.Second
-)
-
-// Config says which file to read and how to watch it.
+// Config says which file to read and how to watch it. Every field means
+// what its comment says, zero included; the defaults are DefaultConfig's.
 type Config struct {
 	// Path of mailboxes.db (mboxlist_db_path, or
 	// <configdirectory>/mailboxes.db).
@@ -44,38 +38,52 @@ type Config struct {
 	// Format of the file; Auto sniffs the magic as Cyrus does.
 	Format cyrusdb.Format
 	// Debounce is how long to let a burst of change events settle before
-	// re-checking the file (a Cyrus commit is several writes).
+	// re-checking the file (a Cyrus commit is several writes); 0 checks at
+	// once.
 	Debounce time.Duration
 	// PollInterval is the safety-net stat interval with inotify and the
-	// only trigger in polling mode.
+	// only trigger in polling mode. Must be positive.
 	PollInterval time.Duration
 	// ForcePolling disables inotify (for filesystems that do not deliver
 	// events, such as NFS).
 	ForcePolling bool
-	// LockTimeout bounds waiting for Cyrus's lock on each read.
+	// LockTimeout bounds waiting for Cyrus's lock on each read. Must be
+	// positive.
 	LockTimeout time.Duration
 	// ReplicaSocket is the local mupdate replica's kick socket
 	// (<configdirectory>/socket/mupdate.target); on a miss it is poked and
 	// the file re-checked before the miss is answered. Empty disables.
 	ReplicaSocket string
-	// ReplicaTimeout bounds one poke (default 3s).
+	// ReplicaTimeout bounds one poke. Must be positive.
 	ReplicaTimeout time.Duration
 }
 
-func (c Config) withDefaults() Config {
-	if c.Debounce <= 0 {
-		c.Debounce = DefaultDebounce
+// DefaultConfig returns the defaults of every setting.
+func DefaultConfig() Config {
+	return Config{
+		Format:         cyrusdb.Auto,
+		Debounce:       25 * time.Millisecond,
+		PollInterval:   time.Second,
+		LockTimeout:    2 * time.Second,
+		ReplicaTimeout: 3 * time.Second,
 	}
-	if c.PollInterval <= 0 {
-		c.PollInterval = DefaultPollInterval
+}
+
+// Validate reports the first setting that cannot work.
+func (c *Config) Validate() error {
+	switch {
+	case c.Path == "":
+		return errors.New("Path is required")
+	case c.Debounce < 0:
+		return errors.New("Debounce must not be negative")
+	case c.PollInterval <= 0:
+		return errors.New("PollInterval must be positive")
+	case c.LockTimeout <= 0:
+		return errors.New("LockTimeout must be positive")
+	case c.ReplicaTimeout <= 0:
+		return errors.New("ReplicaTimeout must be positive")
 	}
-	if c.LockTimeout <= 0 {
-		c.LockTimeout = DefaultLockTimeout
-	}
-	if c.ReplicaTimeout <= 0 {
-		c.ReplicaTimeout = DefaultReplicaTimeout
-	}
-	return c
+	return nil
 }
 
 // bigFile is the mailboxes.db size from which memory is returned to the
@@ -164,7 +172,6 @@ func New(cfg Config, log *slog.Logger) *DB {
 	if log == nil {
 		log = slog.Default()
 	}
-	cfg = cfg.withDefaults()
 	return &DB{
 		cfg:    cfg,
 		log:    log.With("source", SourceName, "path", cfg.Path),
@@ -252,6 +259,29 @@ func (d *DB) Status() Status {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.status
+}
+
+// Health reports the source's state for status and metrics.
+func (d *DB) Health() lookup.Health {
+	s := d.Status()
+	h := lookup.Health{Entries: s.Entries, LoadedAt: s.LoadedAt, LastError: s.LastError}
+	if !s.Loaded {
+		h.State, h.Detail = "unavailable", "not loaded: "+s.LastError
+		return h
+	}
+	h.Healthy, h.State = true, "loaded"
+	h.Detail = fmt.Sprintf("%d mailboxes, loaded %s ago, %s", s.Entries, time.Since(s.LoadedAt).Round(time.Second), s.Watching)
+	if s.LastError != "" && s.LastErrorAt.After(s.LoadedAt) {
+		h.State = "stale"
+		h.Detail += "; keeping last good index: " + s.LastError
+	}
+	d.pokes.mu.Lock()
+	until := d.pokes.until
+	d.pokes.mu.Unlock()
+	if time.Now().Before(until) {
+		h.Detail += "; the local replica does not answer pokes"
+	}
+	return h
 }
 
 // check stats the file and rebuilds the index if the file changed (or

@@ -9,9 +9,6 @@ import (
 	"time"
 )
 
-// DefaultReplicaTimeout bounds one poke of the local mupdate replica.
-const DefaultReplicaTimeout = 3 * time.Second
-
 // Cyrus's own frontend lmtpd, before it declares a mailbox unknown, "kicks"
 // its local mupdate replica through the UNIX socket
 // <configdirectory>/socket/mupdate.target: the replica sends a NOOP to the
@@ -24,17 +21,32 @@ const DefaultReplicaTimeout = 3 * time.Second
 // miss then stands, as in Cyrus.
 
 // pokes coalesces concurrent pokes: every miss that arrives while one is in
-// flight waits for that one instead of starting another.
+// flight waits for that one instead of starting another. A replica that
+// accepts the poke and never answers (it waits for a master that hangs) is
+// not poked again for a while, so that every unknown recipient does not
+// cost the poke's whole timeout during an outage.
 type pokes struct {
 	mu      sync.Mutex
 	running chan struct{}
 	err     error
+	until   time.Time // no poke before this, after a poke timed out
 }
+
+// pokeBackoff is how long a replica that let a poke time out is left alone.
+const pokeBackoff = 30 * time.Second
+
+// errPokeSkipped is returned while a replica that did not answer is left
+// alone.
+var errPokeSkipped = errors.New("the replica did not answer the last poke; not poking it for a while")
 
 // pokeReplica asks the replica to sync with the master and waits for its
 // answer.
 func (d *DB) pokeReplica(ctx context.Context) error {
 	d.pokes.mu.Lock()
+	if time.Now().Before(d.pokes.until) {
+		d.pokes.mu.Unlock()
+		return errPokeSkipped
+	}
 	if ch := d.pokes.running; ch != nil {
 		d.pokes.mu.Unlock()
 		select {
@@ -55,6 +67,13 @@ func (d *DB) pokeReplica(ctx context.Context) error {
 
 	d.pokes.mu.Lock()
 	d.pokes.running, d.pokes.err = nil, err
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
+		if ctx.Err() == nil || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			d.pokes.until = time.Now().Add(pokeBackoff)
+			d.log.Warn("the local mupdate replica does not answer pokes; misses are answered from mailboxes.db as it is", "socket", d.cfg.ReplicaSocket, "retry_in", pokeBackoff.String())
+		}
+	}
 	d.pokes.mu.Unlock()
 	close(ch)
 	return err

@@ -139,6 +139,7 @@ func startDB(t *testing.T, cfg Config, initial []byte) (*harness, error) {
 		// exercise inotify.
 		cfg.PollInterval = time.Hour
 	}
+	cfg = testConfig(cfg)
 	h.d = New(cfg, slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	ctx, cancel := context.WithCancel(context.Background())
 	err := h.d.Start(ctx)
@@ -356,7 +357,7 @@ func TestPollingFallbackWhenDirectoryMissing(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "not-yet")
 	path := filepath.Join(dir, "mailboxes.db")
 	lb := &logBuf{}
-	d := New(Config{Path: path, PollInterval: 20 * time.Millisecond}, slog.New(slog.NewTextHandler(lb, nil)))
+	d := New(testConfig(Config{Path: path, PollInterval: 20 * time.Millisecond}), slog.New(slog.NewTextHandler(lb, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	defer d.Close()
@@ -422,4 +423,23 @@ func TestUnchangedFileNotReread(t *testing.T) {
 			}
 		})
 	}
+}
+
+// testConfig fills the fields a test leaves zero from DefaultConfig, so a
+// test names only what it is about.
+func testConfig(c Config) Config {
+	d := DefaultConfig()
+	if c.Debounce == 0 {
+		c.Debounce = d.Debounce
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = d.PollInterval
+	}
+	if c.LockTimeout == 0 {
+		c.LockTimeout = d.LockTimeout
+	}
+	if c.ReplicaTimeout == 0 {
+		c.ReplicaTimeout = d.ReplicaTimeout
+	}
+	return c
 }

@@ -18,6 +18,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -25,6 +26,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,62 +38,95 @@ import (
 	"github.com/lmtpgate/lmtpgate/internal/lookup"
 )
 
-// Config says where the MUPDATE server is and how to talk to it.
+// Config says where the MUPDATE server is and how to talk to it. Every
+// field means what its comment says, zero included; the defaults are
+// DefaultConfig's.
 type Config struct {
 	Address  string // host:port (Cyrus's default port is 3905)
-	AuthName string // SASL authentication id (Cyrus mupdate_authname)
+	AuthName string // SASL authentication id (Cyrus mupdate_authname); empty: no AUTHENTICATE
 	// AuthzID is the optional SASL authorization id (Cyrus
 	// mupdate_username); usually empty.
 	AuthzID  string
 	Password string
-	// TLS is "none" (default, also ""), "starttls" (STARTTLS before
-	// authenticating; fails if the server does not offer it) or "tls"
-	// (TLS from the first byte).
-	TLS       string
-	TLSConfig *tls.Config
-	// DialTimeout bounds the TCP (and TLS) connect; default 5s.
+	// TLS is "none", "starttls" (STARTTLS before authenticating; fails if
+	// the server does not offer it) or "tls" (TLS from the first byte).
+	TLS string
+	// TLSCAFile is a PEM bundle of the CAs the server's certificate must
+	// chain to; empty: the system's roots.
+	TLSCAFile string
+	// DialTimeout bounds the TCP connect. Must be positive.
 	DialTimeout time.Duration
-	// QueryTimeout bounds reading the greeting, STARTTLS, AUTHENTICATE and
-	// each FIND or NOOP; default 5s.
+	// QueryTimeout bounds reading the greeting, STARTTLS and AUTHENTICATE
+	// together, and each FIND or NOOP. Must be positive.
 	QueryTimeout time.Duration
 	// KeepAlive sends NOOP on a connection idle this long, to notice a
 	// dead server or a NAT that dropped the connection before a message
-	// needs it (Cyrus's own idle timeout is 3 h); default 60s, <0
-	// disables.
+	// needs it (Cyrus's own idle timeout is 3 h); 0 sends none.
 	KeepAlive time.Duration
-	// BackoffMin and BackoffMax bound the breaker's wait after a failure;
-	// defaults 1s and 30s.
+	// BackoffMin and BackoffMax bound the breaker's wait after a failure.
+	// Both must be positive.
 	BackoffMin, BackoffMax time.Duration
-	// MaxLiteral bounds each response line and literal; default 64 KiB.
+	// MaxLiteral bounds each response line and literal. Must be positive.
 	MaxLiteral int
 }
 
-func (c Config) withDefaults() Config {
-	if c.TLS == "" {
-		c.TLS = "none"
+// DefaultConfig returns the defaults of every setting. The timeouts are
+// chosen so that a fresh connection and a query (dial, greeting and login,
+// FIND) fit within the lookup chain's default per-source budget: a server
+// that does not answer is then this client's failure, which opens the
+// breaker, and not the caller's deadline, which would not.
+func DefaultConfig() Config {
+	return Config{
+		TLS:          "none",
+		DialTimeout:  3 * time.Second,
+		QueryTimeout: 3 * time.Second,
+		KeepAlive:    60 * time.Second,
+		BackoffMin:   time.Second,
+		BackoffMax:   30 * time.Second,
+		MaxLiteral:   DefaultMaxLiteral,
 	}
-	if c.DialTimeout <= 0 {
-		c.DialTimeout = 5 * time.Second
+}
+
+// Budget is the longest a lookup can take on a fresh connection: dial,
+// greeting and login, and the query.
+func (c *Config) Budget() time.Duration { return c.DialTimeout + 2*c.QueryTimeout }
+
+// Validate reports the first setting that cannot work.
+func (c *Config) Validate() error {
+	switch {
+	case c.Address == "":
+		return errors.New("Address is required")
+	case c.TLS != "none" && c.TLS != "starttls" && c.TLS != "tls":
+		return fmt.Errorf("TLS %q: want none, starttls or tls", c.TLS)
+	case c.DialTimeout <= 0, c.QueryTimeout <= 0:
+		return errors.New("DialTimeout and QueryTimeout must be positive")
+	case c.KeepAlive < 0:
+		return errors.New("KeepAlive must not be negative")
+	case c.BackoffMin <= 0 || c.BackoffMax < c.BackoffMin:
+		return errors.New("BackoffMin must be positive and BackoffMax at least BackoffMin")
+	case c.MaxLiteral <= 0:
+		return errors.New("MaxLiteral must be positive")
 	}
-	if c.QueryTimeout <= 0 {
-		c.QueryTimeout = 5 * time.Second
+	_, err := c.tlsConfig()
+	return err
+}
+
+// tlsConfig returns the TLS client configuration; ServerName is set at
+// connect time.
+func (c *Config) tlsConfig() (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.TLSCAFile != "" {
+		pem, err := os.ReadFile(c.TLSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("TLSCAFile: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("TLSCAFile: no PEM certificate in %s", c.TLSCAFile)
+		}
+		tc.RootCAs = pool
 	}
-	if c.KeepAlive == 0 {
-		c.KeepAlive = 60 * time.Second
-	}
-	if c.BackoffMin <= 0 {
-		c.BackoffMin = time.Second
-	}
-	if c.BackoffMax <= 0 {
-		c.BackoffMax = 30 * time.Second
-	}
-	if c.BackoffMax < c.BackoffMin {
-		c.BackoffMax = c.BackoffMin
-	}
-	if c.MaxLiteral <= 0 {
-		c.MaxLiteral = DefaultMaxLiteral
-	}
-	return c
+	return tc, nil
 }
 
 // ErrUnavailable is wrapped by every error that means "the server could
@@ -109,8 +144,9 @@ type Stats struct {
 	Dials    uint64 // connection attempts
 	Connects uint64 // connections opened and authenticated
 	Queries  uint64 // FIND commands sent
-	// State is "idle" (no connection), "connected", "backoff" (breaker
-	// open: lookups fail at once) or "closed".
+	// State is "idle" (no connection, nothing failed), "connected",
+	// "backoff" (breaker open: lookups fail at once), "failing" (the
+	// backoff ended, the next lookup tries again) or "closed".
 	State        string
 	LastError    string
 	BackoffUntil time.Time
@@ -155,7 +191,7 @@ func New(name string, cfg Config, log *slog.Logger) *Client {
 	}
 	return &Client{
 		name: name,
-		cfg:  cfg.withDefaults(),
+		cfg:  cfg,
 		log:  log,
 		sem:  make(chan struct{}, 1),
 		done: make(chan struct{}),
@@ -335,7 +371,7 @@ func (c *Client) do(ctx context.Context, op func() error) error {
 		// A connection that sat idle may have been closed by the server
 		// (restart, idle timeout) without our noticing; that is not the
 		// server being down, so try once more on a fresh connection.
-		if reused && attempt == 0 && ctx.Err() == nil && !errors.Is(err, errCaller) && isBroken(err) {
+		if reused && attempt == 0 && ctx.Err() == nil && !errors.Is(err, errCancelled) && isBroken(err) {
 			c.log.Debug("mupdate connection was closed, reconnecting", "source", c.name, "address", c.cfg.Address, "error", err)
 			continue
 		}
@@ -358,10 +394,14 @@ func (c *Client) admit() error {
 }
 
 // failed records a failure and returns it wrapped in ErrUnavailable. A
-// failure caused by the caller's context (the caller gave up) says nothing
-// about the server and does not open the breaker.
+// caller that cancelled (its MTA went away, the daemon stops) says nothing
+// about the server and does not open the breaker; but a caller whose
+// deadline passed while the server kept it waiting does: a server that
+// accepts connections and never answers (hung, or SIGSTOPped) is as
+// unusable as one that refuses them, and every lookup must not wait for
+// it in turn.
 func (c *Client) failed(ctx context.Context, err error) error {
-	if ctx.Err() == nil && !errors.Is(err, errCaller) {
+	if !errors.Is(err, errCancelled) && !errors.Is(ctx.Err(), context.Canceled) {
 		c.openBreaker(err)
 	}
 	return fmt.Errorf("%w: %s at %s: %w", ErrUnavailable, c.name, c.cfg.Address, err)
@@ -430,20 +470,20 @@ func (c *Client) withDeadline(ctx context.Context, d time.Duration, f func() err
 	err := f()
 	switch {
 	case err == nil:
-	case ctx.Err() != nil:
-		err = fmt.Errorf("%w: %w (%w)", errCaller, ctx.Err(), err)
-	case callerBound && !time.Now().Before(deadline):
+	case errors.Is(ctx.Err(), context.Canceled):
+		err = fmt.Errorf("%w: %w (%w)", errCancelled, ctx.Err(), err)
+	case ctx.Err() != nil || (callerBound && !time.Now().Before(deadline)):
 		// The socket deadline can fire a moment before the context
-		// notices its own; it was the caller's deadline all the same.
-		err = fmt.Errorf("%w: %w (%w)", errCaller, context.DeadlineExceeded, err)
+		// notices its own; it was the caller's deadline all the same,
+		// and the server did not answer within it.
+		err = fmt.Errorf("no answer within the lookup's time: %w (%w)", context.DeadlineExceeded, err)
 	}
 	return err
 }
 
-// errCaller marks a failure caused by the caller's context (cancelled or
-// its deadline, shorter than ours, passed): it says nothing about the
-// server.
-var errCaller = errors.New("caller gave up")
+// errCancelled marks a failure caused by the caller cancelling: it says
+// nothing about the server.
+var errCancelled = errors.New("caller cancelled")
 
 func (c *Client) nextTag() string {
 	c.tagN++
@@ -513,11 +553,9 @@ func (c *Client) connect(ctx context.Context) error {
 }
 
 func (c *Client) startTLS(ctx context.Context) error {
-	cfg := c.cfg.TLSConfig
-	if cfg == nil {
-		cfg = &tls.Config{}
-	} else {
-		cfg = cfg.Clone()
+	cfg, err := c.cfg.tlsConfig()
+	if err != nil {
+		return err
 	}
 	if cfg.ServerName == "" {
 		host, _, err := net.SplitHostPort(c.cfg.Address)
@@ -612,7 +650,7 @@ func (c *Client) dropConn() {
 
 // startKeepAlive starts the NOOP loop once, on the first connection.
 func (c *Client) startKeepAlive() {
-	if c.cfg.KeepAlive < 0 {
+	if c.cfg.KeepAlive <= 0 {
 		return
 	}
 	c.mu.Lock()
@@ -709,6 +747,23 @@ func (c *Client) Close() error {
 	return nil
 }
 
+// Health reports the source's state for status and metrics: healthy only
+// while nothing failed since the server last answered.
+func (c *Client) Health() lookup.Health {
+	s := c.Stats()
+	h := lookup.Health{Healthy: s.Healthy(), State: s.State, Queries: s.Queries, LastError: s.LastError}
+	h.Detail = fmt.Sprintf("%s, %d queries", s.State, s.Queries)
+	if !h.Healthy && s.LastError != "" {
+		h.Detail += ", " + s.LastError
+	}
+	return h
+}
+
+// Healthy reports whether the server answered since its last failure.
+func (s Stats) Healthy() bool {
+	return s.State == "idle" || s.State == "connected"
+}
+
 // Stats returns the counters and the breaker state.
 func (c *Client) Stats() Stats {
 	c.mu.Lock()
@@ -725,6 +780,10 @@ func (c *Client) Stats() Stats {
 	case time.Now().Before(c.backoffUntil):
 		s.State = "backoff"
 		s.BackoffUntil = c.backoffUntil
+	case c.failing:
+		// The backoff is over, but nothing has succeeded since the
+		// failure: the next lookup tries again.
+		s.State = "failing"
 	case c.live != nil:
 		s.State = "connected"
 	default:

@@ -38,16 +38,13 @@ func (s *syncBuffer) String() string {
 }
 
 func testConfig(addr string) mupdate.Config {
-	return mupdate.Config{
-		Address:      addr,
-		AuthName:     fakemupdate.DefaultUser,
-		Password:     fakemupdate.DefaultPassword,
-		DialTimeout:  5 * time.Second,
-		QueryTimeout: 5 * time.Second,
-		KeepAlive:    -1,
-		BackoffMin:   20 * time.Millisecond,
-		BackoffMax:   50 * time.Millisecond,
-	}
+	c := mupdate.DefaultConfig()
+	c.Address = addr
+	c.AuthName, c.Password = fakemupdate.DefaultUser, fakemupdate.DefaultPassword
+	c.DialTimeout, c.QueryTimeout = 5*time.Second, 5*time.Second
+	c.KeepAlive = 0
+	c.BackoffMin, c.BackoffMax = 20*time.Millisecond, 50*time.Millisecond
+	return c
 }
 
 func newClient(t *testing.T, cfg mupdate.Config) (*mupdate.Client, *syncBuffer) {
@@ -348,19 +345,54 @@ func TestStallAtGreeting(t *testing.T) {
 	}
 }
 
-// TestCallerCancel: a caller that gives up does not open the breaker.
+// TestCallerCancel: a caller that cancels (its MTA went away) does not
+// open the breaker: that says nothing about the server.
 func TestCallerCancel(t *testing.T) {
 	srv := fakemupdate.New(t)
 	srv.SetStall(true)
 	cfg := testConfig(srv.Addr())
 	cfg.QueryTimeout = time.Minute
 	c, _ := newClient(t, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	_, err := c.Lookup(ctx, "user.alice")
+	wantUnavailable(t, err)
+	if st := c.Stats(); st.State == "backoff" {
+		t.Errorf("a cancelled caller opened the breaker: %+v", st)
+	}
+}
+
+// TestHungServerOpensTheBreaker: a master that accepts the connection and
+// never greets (SIGSTOPped) must open the breaker even when the caller's
+// deadline is what ends the wait; otherwise every lookup waits for it in
+// turn for the whole outage. Later lookups fail at once, and the state is
+// not "ok" while nothing has succeeded.
+func TestHungServerOpensTheBreaker(t *testing.T) {
+	srv := fakemupdate.New(t)
+	srv.SetStall(true)
+	cfg := testConfig(srv.Addr())
+	cfg.QueryTimeout = time.Minute
+	cfg.BackoffMin, cfg.BackoffMax = time.Hour, time.Hour
+	c, _ := newClient(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	_, err := c.Lookup(ctx, "user.alice")
 	wantUnavailable(t, err)
-	if st := c.Stats(); st.State == "backoff" {
-		t.Errorf("caller's deadline opened the breaker: %+v", st)
+	st := c.Stats()
+	if st.State != "backoff" || st.Healthy() {
+		t.Fatalf("after a lookup timed out on a hung server: %+v", st)
+	}
+	for range 10 {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		_, err := c.Lookup(ctx, "user.alice")
+		cancel()
+		wantUnavailable(t, err)
+		if !strings.Contains(err.Error(), "not retrying") {
+			t.Fatalf("lookup with the breaker open: %v, want an immediate refusal", err)
+		}
+	}
+	if st := c.Stats(); st.Dials != 1 {
+		t.Errorf("dials = %d, want 1", st.Dials)
 	}
 }
 

@@ -9,10 +9,10 @@ import (
 )
 
 // selfSigned returns a server config with a certificate for 127.0.0.1 and a
-// client config that trusts only it.
-func selfSigned(t *testing.T) (server, client *tls.Config) {
-	cert, pool := testcert.New(t, "mupdate.test")
-	return &tls.Config{Certificates: []tls.Certificate{cert}}, &tls.Config{RootCAs: pool}
+// CA file that trusts only it.
+func selfSigned(t *testing.T) (server *tls.Config, caFile string) {
+	cert, _ := testcert.New(t, "mupdate.test")
+	return &tls.Config{Certificates: []tls.Certificate{cert}}, testcert.CAFile(t, cert)
 }
 
 // The credentials must only ever cross the wire inside TLS when the
@@ -26,7 +26,7 @@ func TestTLSModes(t *testing.T) {
 			srv.SetTLS(serverTLS, mode)
 			srv.Set("user.alice", "127.0.0.2!default", "alice\tlrswipkxtecdan\t")
 			cfg := testConfig(srv.Addr())
-			cfg.TLS, cfg.TLSConfig = mode, clientTLS
+			cfg.TLS, cfg.TLSCAFile = mode, clientTLS
 			c, _ := newClient(t, cfg)
 			if e := lookupOK(t, c, "user.alice"); e.Server != "127.0.0.2" {
 				t.Fatalf("entry %+v", e)
@@ -37,7 +37,7 @@ func TestTLSModes(t *testing.T) {
 		srv := fakemupdate.New(t)
 		srv.Set("user.alice", "127.0.0.2!default", "")
 		cfg := testConfig(srv.Addr())
-		cfg.TLS, cfg.TLSConfig = "starttls", clientTLS
+		cfg.TLS, cfg.TLSCAFile = "starttls", clientTLS
 		c, _ := newClient(t, cfg)
 		_, err := c.Lookup(t.Context(), "user.alice")
 		wantUnavailable(t, err)
@@ -50,7 +50,7 @@ func TestTLSModes(t *testing.T) {
 		srv.SetTLS(serverTLS, "starttls")
 		srv.Set("user.alice", "127.0.0.2!default", "")
 		cfg := testConfig(srv.Addr())
-		cfg.TLS, cfg.TLSConfig = "starttls", &tls.Config{}
+		cfg.TLS = "starttls"
 		c, _ := newClient(t, cfg)
 		_, err := c.Lookup(t.Context(), "user.alice")
 		wantUnavailable(t, err)
