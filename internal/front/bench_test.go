@@ -28,26 +28,28 @@ func BenchmarkDeliverNull(b *testing.B) {
 		b.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	pool := backend.NewPool(backend.Config{
-		Addresses: map[string]string{"be1": addr.String()},
-		AuthName:  "bench", Password: "bench",
-	}, log)
+	bc := backend.DefaultConfig()
+	bc.Addresses = map[string]string{"be1": addr.String()}
+	bc.AuthName, bc.Password = "bench", "bench"
+	pool := backend.NewPool(bc, log)
 	defer pool.Close()
 	src := &mapSource{name: "mailboxes-db", entries: map[string]lookup.Entry{
 		"user.alice": active("user.alice", "be1", "alice\tlrswipkxtecdan\t"),
 	}}
 	rt := &Runtime{Mode: "master", Address: address.DefaultSettings(), Chain: lookup.NewChain(time.Second, src),
-		Deliver: pool, SpoolMemoryLimit: 1 << 20}
-	srv := New(Options{Hostname: "fe.bench", MaxRecipients: 100, ReadTimeout: time.Minute, WriteTimeout: time.Minute, Log: log}, NewHolder(rt))
+		Backends: pool, SpoolMemoryLimit: 1 << 20}
+	fc := DefaultConfig()
+	fc.MaxRecipients, fc.ReadTimeout, fc.WriteTimeout = 100, time.Minute, time.Minute
+	srv := New(Options{Hostname: "fe.bench", Config: fc, Log: log}, NewHolder(rt))
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	go srv.Serve(l)
+	go srv.Serve(l, true)
 	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		srv.Shutdown(ctx, time.Second)
+		srv.Shutdown(ctx)
 	}()
 	c, err := bench.Dial(context.Background(), l.Addr().String(), time.Minute)
 	if err != nil {

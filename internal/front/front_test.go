@@ -94,24 +94,23 @@ func newHarness(t *testing.T, opts ...func(*Options, *Runtime)) *harness {
 		"DELETED.bb.old.5F00AA11": active("DELETED.bb.old.5F00AA11", "be1", "anyone\tlrsp\t"),
 	}}
 	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	h.pool = backend.NewPool(backend.Config{
-		Addresses:      map[string]string{"be1": h.be1.Addr(), "be2": h.be2.Addr()},
-		AuthName:       fakelmtp.User,
-		Password:       fakelmtp.Password,
-		ConnectTimeout: 2 * time.Second,
-		CommandTimeout: 2 * time.Second,
-		TxnTimeout:     5 * time.Second,
-	}, log)
+	bc := backend.DefaultConfig()
+	bc.Addresses = map[string]string{"be1": h.be1.Addr(), "be2": h.be2.Addr()}
+	bc.AuthName, bc.Password = fakelmtp.User, fakelmtp.Password
+	bc.ConnectTimeout, bc.CommandTimeout, bc.TxnTimeout = 2*time.Second, 2*time.Second, 5*time.Second
+	h.pool = backend.NewPool(bc, log)
 	t.Cleanup(func() { h.pool.Close() })
 	rt := &Runtime{
 		Mode:             "master",
 		Address:          address.DefaultSettings(),
 		Chain:            lookup.NewChain(time.Second, h.src),
-		Deliver:          h.pool,
+		Backends:         h.pool,
 		SpoolMemoryLimit: 1 << 20,
 		DeletedPrefix:    "DELETED",
 	}
-	o := Options{Hostname: "fe.test", MaxMessageBytes: 1 << 20, MaxRecipients: 100, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second, Log: log}
+	fc := DefaultConfig()
+	fc.MaxMessageSize, fc.MaxRecipients, fc.ReadTimeout, fc.WriteTimeout = 1<<20, 100, 10*time.Second, 10*time.Second
+	o := Options{Hostname: "fe.test", Config: fc, Log: log}
 	for _, f := range opts {
 		f(&o, rt)
 	}
@@ -122,11 +121,11 @@ func newHarness(t *testing.T, opts ...func(*Options, *Runtime)) *harness {
 		t.Fatal(err)
 	}
 	h.addr = l.Addr().String()
-	go h.srv.Serve(l)
+	go h.srv.Serve(l, true)
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		h.srv.Shutdown(ctx, time.Second)
+		h.srv.Shutdown(ctx)
 	})
 	return h
 }
@@ -338,7 +337,7 @@ func deliveredAnywhere(h *harness, fwd string) bool {
 }
 
 func TestOversizeMessage(t *testing.T) {
-	h := newHarness(t, func(o *Options, _ *Runtime) { o.MaxMessageBytes = 1000 })
+	h := newHarness(t, func(o *Options, _ *Runtime) { o.Config.MaxMessageSize = 1000 })
 	_, dataRep := h.send(h.client(), []string{"alice@x"}, body+strings.Repeat(strings.Repeat("x", 70)+"\r\n", 30))
 	if dataRep["alice@x"] != "552 5.3.4" {
 		t.Fatalf("got %q", dataRep["alice@x"])
@@ -350,7 +349,7 @@ func TestOversizeMessage(t *testing.T) {
 
 func TestLargeMessageSpooledAndDelivered(t *testing.T) {
 	h := newHarness(t, func(o *Options, rt *Runtime) {
-		o.MaxMessageBytes = 8 << 20
+		o.Config.MaxMessageSize = 8 << 20
 		rt.SpoolMemoryLimit = 64 << 10
 		rt.SpoolDir = t.TempDir()
 	})
@@ -370,7 +369,6 @@ func TestLargeMessageSpooledAndDelivered(t *testing.T) {
 func TestReloadMidTransactionKeepsOldRuntime(t *testing.T) {
 	h := newHarness(t)
 	retired := make(chan struct{})
-	h.holder.Current().OnRetired = func() { close(retired) }
 	c := h.client()
 	if err := c.Mail("s@x", nil); err != nil {
 		t.Fatal(err)
@@ -380,7 +378,7 @@ func TestReloadMidTransactionKeepsOldRuntime(t *testing.T) {
 	}
 	// Swap in a runtime whose only source knows nobody.
 	empty := &mapSource{name: "master-mupdate", entries: map[string]lookup.Entry{}}
-	h.holder.Swap(&Runtime{Mode: "no-master", Address: address.DefaultSettings(), Chain: lookup.NewChain(time.Second, empty), Deliver: h.pool, SpoolMemoryLimit: 1 << 20})
+	h.holder.Swap(&Runtime{Mode: "no-master", Address: address.DefaultSettings(), Chain: lookup.NewChain(time.Second, empty), Backends: h.pool, SpoolMemoryLimit: 1 << 20}, func() { close(retired) })
 	select {
 	case <-retired:
 		t.Fatal("old runtime retired while a transaction holds it")
@@ -425,9 +423,9 @@ func TestShutdownDuringDeliveryNeverAcknowledges(t *testing.T) {
 	for h.be1.Transactions() == 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 2100*time.Millisecond)
 	defer cancel()
-	h.srv.Shutdown(ctx, 2*time.Second)
+	h.srv.Shutdown(ctx)
 	select {
 	case rep := <-done:
 		if rep["alice@x"] == "" {
@@ -452,7 +450,7 @@ func TestShutdownClosesIdleSessions(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	start := time.Now()
-	h.srv.Shutdown(ctx, time.Second)
+	h.srv.Shutdown(ctx)
 	if time.Since(start) > 4*time.Second {
 		t.Fatal("shutdown waited for an idle session")
 	}
@@ -461,8 +459,8 @@ func TestShutdownClosesIdleSessions(t *testing.T) {
 var _ = sasl.NewPlainClient
 
 func TestOverlongLineIsPermanent(t *testing.T) {
-	h := newHarness(t, func(o *Options, _ *Runtime) { o.MaxLineLength = 100 })
-	_, dataRep := h.send(h.client(), []string{"alice@x"}, body+strings.Repeat("x", 200)+"\r\n")
+	h := newHarness(t)
+	_, dataRep := h.send(h.client(), []string{"alice@x"}, body+strings.Repeat("x", 999)+"\r\n")
 	if dataRep["alice@x"] != "554 5.6.0" {
 		t.Fatalf("got %q", dataRep["alice@x"])
 	}
@@ -523,7 +521,7 @@ func TestBDATDelivery(t *testing.T) {
 // nothing after Shutdown began). Nothing was acknowledged, so nothing is
 // lost. The deadlines below only keep a broken stop from hanging the test.
 func TestShutdownCutsStalledClients(t *testing.T) {
-	h := newHarness(t, func(o *Options, _ *Runtime) { o.ReadTimeout = 10 * time.Minute })
+	h := newHarness(t, func(o *Options, _ *Runtime) { o.Config.ReadTimeout = 10 * time.Minute })
 	c := h.client()
 	if err := c.Mail("s@x", nil); err != nil {
 		t.Fatal(err)
@@ -538,9 +536,9 @@ func TestShutdownCutsStalledClients(t *testing.T) {
 	defer silent.Close()
 	stopped := make(chan struct{})
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		defer cancel()
-		h.srv.Shutdown(ctx, 100*time.Millisecond)
+		h.srv.Shutdown(ctx)
 		close(stopped)
 	}()
 	select {

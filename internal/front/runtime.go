@@ -10,35 +10,40 @@ import (
 	"github.com/lmtpgate/lmtpgate/internal/lookup"
 )
 
-// Deliverer runs one LMTP transaction on one backend. *backend.Pool is the
-// real one.
-type Deliverer interface {
-	Deliver(ctx context.Context, server string, env backend.Envelope, rcpts []string, msg backend.Message) []backend.Result
+// Backends opens transactions on backends. *backend.Pool is the real one.
+type Backends interface {
+	// Begin opens a transaction on server; see backend.Pool.Begin.
+	Begin(ctx context.Context, server string, env backend.Envelope) *backend.Txn
+	// Available says whether server may be used now; see
+	// backend.Pool.Available.
+	Available(server string) error
 }
 
 // Runtime is everything a transaction needs from one configuration
 // snapshot. A transaction holds the Runtime it began with until it ends,
 // so a reload never changes the rules under a transaction in progress.
 type Runtime struct {
-	Mode                 string // "master" or "no-master", for logs
-	Address              address.Settings
-	Chain                *lookup.Chain
-	Deliver              Deliverer
+	Mode     string // "master" or "no-master", for logs
+	Address  address.Settings
+	Chain    *lookup.Chain
+	Backends Backends
+	// VerifyRcpt: answer each RCPT with the backend's own reply.
+	VerifyRcpt           bool
 	OverQuotaPermFailure bool
 	// DeletedPrefix is Cyrus's deletedprefix ("DELETED"): mailboxes under
 	// it are delayed-delete copies and never take mail. Empty disables.
 	DeletedPrefix    string
 	SpoolMemoryLimit int64
 	SpoolDir         string
+	// Ext belongs to the Runtime's owner (the daemon keeps its whole
+	// snapshot there), so that one pointer holds everything that is live
+	// and a reader never mixes two snapshots.
+	Ext any
 
-	// OnRetired runs once the Runtime has been replaced and no
-	// transaction holds it any more: the service closes the sources and
-	// connections the new Runtime did not take over.
-	OnRetired func()
-
-	refs    atomic.Int64
-	retired atomic.Bool
-	once    sync.Once
+	refs      atomic.Int64
+	retired   atomic.Bool
+	onRetired func()
+	once      sync.Once
 }
 
 func (rt *Runtime) release() {
@@ -49,14 +54,15 @@ func (rt *Runtime) release() {
 
 func (rt *Runtime) finish() {
 	rt.once.Do(func() {
-		if rt.OnRetired != nil {
-			go rt.OnRetired()
+		if rt.onRetired != nil {
+			go rt.onRetired()
 		}
 	})
 }
 
 // Holder keeps the current Runtime and swaps it atomically.
 type Holder struct {
+	mu  sync.Mutex // serialises Swap
 	cur atomic.Pointer[Runtime]
 }
 
@@ -67,7 +73,8 @@ func NewHolder(rt *Runtime) *Holder {
 	return h
 }
 
-// Current returns the Runtime now in force, without holding it.
+// Current returns the Runtime now in force, without holding it; for
+// callers that only read its plain fields.
 func (h *Holder) Current() *Runtime { return h.cur.Load() }
 
 // Acquire returns the current Runtime, held until release is called.
@@ -84,13 +91,18 @@ func (h *Holder) Acquire() (rt *Runtime, release func()) {
 	}
 }
 
-// Swap makes rt current and retires the previous Runtime, whose OnRetired
-// runs when its last transaction ends.
-func (h *Holder) Swap(rt *Runtime) {
-	old := h.cur.Swap(rt)
-	if old == nil || old == rt {
+// Swap makes rt current and retires the previous Runtime in the same step:
+// onRetired runs once the previous Runtime's last transaction has ended.
+func (h *Holder) Swap(rt *Runtime, onRetired func()) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	old := h.cur.Load()
+	if old == rt {
 		return
 	}
+	// The hook is in place before anyone can see old as retired.
+	old.onRetired = onRetired
+	h.cur.Store(rt)
 	old.retired.Store(true)
 	if old.refs.Load() == 0 {
 		old.finish()

@@ -8,40 +8,46 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"github.com/lmtpgate/lmtpgate/internal/address"
 	"github.com/lmtpgate/lmtpgate/internal/backend"
+	"github.com/lmtpgate/lmtpgate/internal/journal"
 	"github.com/lmtpgate/lmtpgate/internal/lookup"
 	"github.com/lmtpgate/lmtpgate/internal/spool"
+	"github.com/lmtpgate/lmtpgate/internal/wire"
 )
 
 // session is one MTA connection. A transaction (MAIL to the end of DATA or
-// RSET) holds one Runtime throughout.
+// RSET) holds one Runtime throughout, and one backend transaction per
+// backend its recipients live on.
 type session struct {
 	srv    *Server
 	conn   *smtp.Conn
+	mc     *mtaConn
 	id     string
 	helo   string
 	remote string
-	busy   atomic.Bool // inside a transaction
 
 	rt      *Runtime
 	release func()
+	inTxn   bool
 	from    string
-	authID  string // MAIL FROM AUTH= identity, "" if none or <>
-	rcpts   []recipient
+	authID  string // MAIL FROM AUTH= identity, "" if none, <> or untrusted
+	rcpts   []*recipient
+	txns    map[string]*backend.Txn // by server string
 }
 
+// recipient is one accepted RCPT.
 type recipient struct {
 	to      string // as given in RCPT, the key go-smtp's status collector uses
 	addr    address.Recipient
 	entry   lookup.Entry
 	source  string
 	started time.Time
+	h       *backend.Rcpt
 }
 
 var _ smtp.LMTPSession = (*session)(nil)
@@ -54,7 +60,17 @@ func (s *session) Logout() error {
 	return nil
 }
 
+// endTxn ends the transaction: backend transactions that never reached
+// DATA are abandoned, and the Runtime is released.
 func (s *session) endTxn() {
+	if s.mc != nil {
+		s.mc.setDataMode(false)
+		s.mc.inTxn.Store(false)
+	}
+	for _, t := range s.txns {
+		t.Abort()
+	}
+	s.txns = nil
 	if s.release != nil {
 		s.release()
 		s.release = nil
@@ -62,20 +78,40 @@ func (s *session) endTxn() {
 	s.rt = nil
 	s.rcpts = nil
 	s.from, s.authID = "", ""
-	s.busy.Store(false)
+	s.inTxn = false
 }
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if s.srv.draining.Load() {
 		return replyShutdown
 	}
-	s.endTxn()
-	s.busy.Store(true)
-	s.rt, s.release = s.srv.holder.Acquire()
-	s.from = from
-	if opts != nil && opts.Auth != nil && *opts.Auth != "" && *opts.Auth != "<>" {
-		s.authID = *opts.Auth
+	if s.inTxn {
+		// RFC 5321 §4.1.4: MAIL starts a transaction; inside one it is a
+		// sequence error, as Cyrus answers, never a silent restart.
+		return replyNestedMail
 	}
+	if s.mc != nil {
+		s.mc.setDataMode(false)
+	}
+	// A control character (NUL included) can never be delivered: say so
+	// now, with a permanent reply, rather than hand it to a backend whose
+	// refusal would look temporary and be retried for days.
+	if hasControl(from) || !validDomain(from) {
+		return replyBadSender
+	}
+	authID := ""
+	if opts != nil && opts.Auth != nil && *opts.Auth != "" && *opts.Auth != "<>" && s.mc != nil && s.mc.trusted {
+		if hasControl(*opts.Auth) {
+			return replyBadSender
+		}
+		authID = *opts.Auth
+	}
+	s.inTxn = true
+	if s.mc != nil {
+		s.mc.inTxn.Store(true)
+	}
+	s.rt, s.release = s.srv.holder.Acquire()
+	s.from, s.authID = from, authID
 	return nil
 }
 
@@ -86,18 +122,55 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		// go-smtp enforces MAIL before RCPT; this is only a guard.
 		return replySyntax
 	}
+	if hasControl(to) || !validDomain(to) {
+		s.logOutcome(&recipient{to: to, started: start}, replyBadRcpt, slog.LevelInfo, "err", "control character or bad domain in the address")
+		return replyBadRcpt
+	}
 	v := Check(s.srv.deliverCtx, rt, to, s.authID, false)
+	rc := &recipient{to: to, addr: v.Recipient, entry: v.Result.Entry, source: v.Result.Source, started: start}
 	if v.Reply != nil {
-		attrs := []any{}
+		var attrs []any
 		if v.Err != nil {
 			attrs = append(attrs, "err", v.Err.Error())
 		}
-		s.logRcpt(slog.LevelInfo, to, v.Recipient.Mailbox, v.Result.Entry.Server, v.Result.Source, v.Reply, start, attrs...)
+		level := slog.LevelInfo
+		if v.Reply.Code/100 == 4 {
+			level = journal.LevelNotice
+		}
+		s.logOutcome(rc, v.Reply, level, attrs...)
 		return v.Reply
 	}
-	s.rcpts = append(s.rcpts, recipient{to: to, addr: v.Recipient, entry: v.Result.Entry, source: v.Result.Source, started: start})
+	server := v.Result.Entry.Server
+	if err := rt.Backends.Available(server); err != nil {
+		// The backend is out of service, or its server string is
+		// unusable: this recipient waits, nobody else does.
+		level := journal.LevelNotice
+		if errors.Is(err, backend.ErrNotAllowed) {
+			level = slog.LevelError
+		}
+		rep := withContext(replyUnreachable, server, s.id)
+		s.logOutcome(rc, rep, level, "err", err.Error())
+		return rep
+	}
+	t := s.txns[server]
+	if t == nil {
+		if s.txns == nil {
+			s.txns = map[string]*backend.Txn{}
+		}
+		t = rt.Backends.Begin(s.srv.deliverCtx, server, backend.Envelope{From: s.from, AuthID: s.authID})
+		s.txns[server] = t
+	}
+	rc.h = t.Rcpt(v.Recipient.Forward, rt.VerifyRcpt)
+	if rt.VerifyRcpt {
+		if res := rc.h.Answer(s.srv.deliverCtx); res.Err != nil || res.Reply != nil || res.Stage != backend.StageRcpt {
+			rep := withContext(backendReply(res, rt.OverQuotaPermFailure), server, s.id)
+			s.logOutcome(rc, rep, levelFor(rep), resultAttrs(res)...)
+			return rep
+		}
+	}
+	s.rcpts = append(s.rcpts, rc)
 	if s.srv.log.Enabled(context.Background(), slog.LevelDebug) {
-		s.srv.log.Debug("rcpt accepted", "session", s.id, "rcpt", to, "mailbox", v.Recipient.Mailbox, "backend", v.Result.Entry.Server, "source", v.Result.Source)
+		s.srv.log.Debug("rcpt accepted", "session", s.id, "rcpt", to, "mailbox", v.Recipient.Mailbox, "backend", server, "source", v.Result.Source)
 	}
 	return nil
 }
@@ -112,10 +185,10 @@ type Verdict struct {
 	Err error
 }
 
-// Check decides the RCPT-time answer for rcpt under rt, exactly as a
-// session does; `lmtpgate resolve` uses it too, so the diagnostic never
-// disagrees with the daemon. authID is the MTA's AUTH= identity ("" for
-// none), which shared folders check for the 'p' right.
+// Check decides the RCPT-time answer for rcpt under rt from the directory,
+// exactly as a session does; `lmtpgate resolve` uses it too, so the
+// diagnostic never disagrees with the daemon. authID is the MTA's AUTH=
+// identity ("" for none), which shared folders check for the 'p' right.
 func Check(ctx context.Context, rt *Runtime, rcpt, authID string, trace bool) Verdict {
 	var v Verdict
 	addr, err := address.Parse(rt.Address, rcpt)
@@ -194,90 +267,124 @@ func (s *session) Data(r io.Reader) error {
 	return replyRetry
 }
 
+// LMTPData receives the message and streams it to every backend at once:
+// each backend transaction reads the spool while it fills. Only when the
+// whole message has arrived, and was valid, do the backends get the final
+// dot; otherwise they are abandoned without it and nothing is stored.
 func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
-	defer s.endTxn()
 	rt := s.rt
+	if s.mc != nil {
+		s.mc.setDataMode(true)
+	}
 	s.srv.ntxn.Add(1)
-	msg, err := spool.Read(s.traceHeaders(), r, rt.SpoolMemoryLimit, rt.SpoolDir)
+	sp := spool.New(rt.SpoolMemoryLimit, rt.SpoolDir)
+	var txns []*backend.Txn
+	for _, t := range s.txns {
+		txns = append(txns, t)
+		t.Data(sp.Reader(s.srv.deliverCtx))
+	}
+	defer func() {
+		// The spool may be released only when no backend reads it.
+		for _, t := range txns {
+			<-t.Done()
+		}
+		sp.Close()
+	}()
+	size, err := s.receive(r, sp)
+	s.srv.nbytes.Add(uint64(size))
 	if err != nil {
+		sp.Fail(err)
 		rep := spoolReply(err)
 		for _, rc := range s.rcpts {
-			s.logRcpt(slog.LevelWarn, rc.to, rc.addr.Mailbox, rc.entry.Server, rc.source, rep, rc.started, "err", err.Error())
+			s.logOutcome(rc, withContext(rep, rc.entry.Server, s.id), slog.LevelWarn, "size", size, "err", err.Error())
+			status.SetStatus(rc.to, withContext(rep, "", s.id))
 		}
-		return rep
+		return nil
 	}
-	defer msg.Close()
-
-	// Group the recipients by backend; one transaction per backend, all
-	// backends at once.
-	type group struct {
-		server string
-		idx    []int
-	}
-	var groups []*group
-	byServer := map[string]*group{}
-	for i, rc := range s.rcpts {
-		g := byServer[rc.entry.Server]
-		if g == nil {
-			g = &group{server: rc.entry.Server}
-			byServer[rc.entry.Server] = g
-			groups = append(groups, g)
-		}
-		g.idx = append(g.idx, i)
-	}
-	env := backend.Envelope{From: s.from, AuthID: s.authID}
-	results := make([]backend.Result, len(s.rcpts))
-	var wg sync.WaitGroup
-	for _, g := range groups {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			fwd := make([]string, len(g.idx))
-			for j, i := range g.idx {
-				fwd[j] = s.rcpts[i].addr.Forward
-			}
-			res := rt.Deliver.Deliver(s.srv.deliverCtx, g.server, env, fwd, msg)
-			for j, i := range g.idx {
-				if j < len(res) {
-					results[i] = res[j]
-				} else {
-					results[i] = backend.Result{Rcpt: fwd[j], Stage: backend.StageData, Err: errors.New("backend returned no result")}
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	for i, rc := range s.rcpts {
-		r := results[i]
-		rep := dataReply(r, rt.OverQuotaPermFailure)
-		attrs := []any{"size", msg.Size()}
-		if r.Err != nil {
-			attrs = append(attrs, "err", r.Err.Error())
-		} else if r.Reply != nil && !r.Delivered() {
-			attrs = append(attrs, "backend_reply", fmt.Sprintf("%d %d.%d.%d %s", r.Reply.Code, r.Reply.EnhancedCode[0], r.Reply.EnhancedCode[1], r.Reply.EnhancedCode[2], r.Reply.Message))
-		}
-		s.logRcpt(slog.LevelInfo, rc.to, rc.addr.Mailbox, rc.entry.Server, rc.source, rep, rc.started, attrs...)
-		if rep == nil {
-			status.SetStatus(rc.to, nil)
+	sp.Finish()
+	// Each recipient's reply is written by go-smtp, in RCPT order, as soon
+	// as it is known.
+	for _, rc := range s.rcpts {
+		res := rc.h.Wait(s.srv.deliverCtx)
+		var rep *smtp.SMTPError
+		attrs := append([]any{"size", size}, resultAttrs(res)...)
+		if res.Delivered() {
+			rep = deliveredReply(rc.addr.Mailbox, rc.entry.Server, s.id)
 		} else {
-			status.SetStatus(rc.to, rep)
+			rep = withContext(backendReply(res, rt.OverQuotaPermFailure), rc.entry.Server, s.id)
 		}
+		s.logOutcome(rc, rep, levelFor(rep), attrs...)
+		status.SetStatus(rc.to, rep)
 	}
 	return nil
 }
+
+// receive reads the message from the MTA into the spool in wire form, with
+// the trace headers in front. It reads to the end even after the message
+// is refused (a line over 998 octets), so that the MTA hears the refusal
+// instead of a reset connection. It returns the message's size and why it
+// cannot be delivered, if so.
+func (s *session) receive(r io.Reader, sp *spool.Spool) (int64, error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	out := s.traceHeaders()
+	var enc wire.Encoder
+	var size int64
+	var refused, werr error
+	for {
+		n, rerr := r.Read(buf)
+		size += int64(n)
+		if n > 0 && refused == nil {
+			var eerr error
+			out, eerr = enc.Encode(out, buf[:n])
+			if eerr != nil {
+				refused = eerr
+			} else if _, werr = sp.Write(out); werr != nil {
+				refused = werr
+			}
+			out = out[:0]
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return size, rerr
+		}
+	}
+	if refused != nil {
+		return size, refused
+	}
+	// go-smtp's BDAT chunk reader takes an early EOF for the end of the
+	// chunk: if the client is gone, the message is surely cut short.
+	if s.mc != nil {
+		if err := s.mc.clientEnded(); err != nil {
+			return size, fmt.Errorf("connection closed before the end of the message: %w", err)
+		}
+	}
+	out, err := enc.Close(out)
+	if err == nil && len(out) > 0 {
+		_, err = sp.Write(out)
+	}
+	return size, err
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // traceHeaders are prepended to the message as Cyrus's frontend does, so a
 // message stored through lmtpgate looks as it would through Cyrus:
 // Return-Path (RFC 5321 §4.4) and a Received line naming this hop.
 func (s *session) traceHeaders() []byte {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Return-Path: <%s>\r\n", s.from)
+	b.WriteString("Return-Path: ")
+	b.WriteString(backend.FormatPath(s.from))
+	b.WriteString("\r\n")
 	remote := s.remote
 	if remote == "" || remote == "@" {
 		remote = "local"
 	}
 	fmt.Fprintf(&b, "Received: from %s (%s)\r\n\tby %s (lmtpgate) with LMTP id %s;\r\n\t%s\r\n",
-		sanitize(s.helo), remote, s.srv.opts.Hostname, s.id, time.Now().Format(time.RFC1123Z))
+		sanitize(s.helo), sanitize(remote), s.srv.opts.Hostname, s.id, time.Now().Format(time.RFC1123Z))
 	return []byte(b.String())
 }
 
@@ -293,32 +400,109 @@ func sanitize(s string) string {
 	}, s)
 }
 
-// logRcpt writes the one line per recipient outcome, with the fixed keys
-// that journald fields and operators' queries rely on.
-func (s *session) logRcpt(level slog.Level, rcpt, mailbox, server, source string, rep *smtp.SMTPError, start time.Time, extra ...any) {
+// hasControl reports whether an address has a control character (NUL, CR,
+// LF, ...) that no mailbox can contain and no command line may carry.
+func hasControl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
+// validDomain checks the part after the last '@' of an address as go-smtp
+// parsed it (which stops only at space, tab and '>'): a host name, an
+// address literal, or UTF-8.
+func validDomain(addr string) bool {
+	i := strings.LastIndexByte(addr, '@')
+	if i < 0 {
+		return true
+	}
+	for _, c := range []byte(addr[i+1:]) {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c >= 0x80:
+		case strings.IndexByte("-._[]:", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// levelFor is the log level of a recipient's outcome: deliveries and
+// refusals are routine (info), every deferral is at least notice.
+func levelFor(rep *smtp.SMTPError) slog.Level {
+	if rep != nil && rep.Code/100 == 4 {
+		return journal.LevelNotice
+	}
+	return slog.LevelInfo
+}
+
+func resultAttrs(r backend.Result) []any {
+	var attrs []any
+	if r.Err != nil {
+		attrs = append(attrs, "err", r.Err.Error())
+	} else if r.Reply != nil && !r.Delivered() {
+		attrs = append(attrs, "backend_reply", backend.FormatReply(r.Reply))
+	}
+	return attrs
+}
+
+// logOutcome writes the one line per recipient outcome, with the fixed keys
+// that journald fields and operators' queries rely on, and a message a
+// person can read in `journalctl -f`.
+func (s *session) logOutcome(rc *recipient, rep *smtp.SMTPError, level slog.Level, extra ...any) {
 	c := code(rep)
+	var msg strings.Builder
 	switch {
 	case c < 300:
 		s.srv.ndelivered.Add(1)
+		msg.WriteString("delivered ")
 	case c < 500:
-		s.srv.ntemp.Add(1)
+		s.srv.ndeferred.Add(1)
+		msg.WriteString("deferred ")
 	default:
-		s.srv.nperm.Add(1)
+		s.srv.nrejected.Add(1)
+		msg.WriteString("rejected ")
 	}
-	msg := "delivered"
-	if rep != nil {
-		msg = "not delivered: " + rep.Message
-		if c >= 500 {
-			msg = "rejected: " + rep.Message
-		}
+	msg.WriteString(rc.to)
+	if rc.addr.Mailbox != "" {
+		msg.WriteString(" → ")
+		msg.WriteString(rc.addr.Mailbox)
+	}
+	if rc.entry.Server != "" {
+		msg.WriteString(" on ")
+		msg.WriteString(rc.entry.Server)
+	}
+	if rep != nil && c >= 300 {
+		msg.WriteString(": ")
+		msg.WriteString(backend.FormatReply(&smtp.SMTPError{Code: rep.Code, EnhancedCode: rep.EnhancedCode, Message: cutSession(rep.Message)}))
 	}
 	mode := ""
 	if s.rt != nil {
 		mode = s.rt.Mode
 	}
+	dur := time.Since(rc.started)
 	attrs := append([]any{
-		"session", s.id, "from", s.from, "rcpt", rcpt, "mailbox", mailbox, "backend", server, "source", source,
-		"code", c, "mode", mode, "dur_ms", time.Since(start).Milliseconds(),
+		"session", s.id, "from", s.from, "rcpt", rc.to, "mailbox", rc.addr.Mailbox, "backend", rc.entry.Server, "source", rc.source,
+		"code", c, "mode", mode, "dur_ms", dur.Milliseconds(),
 	}, extra...)
-	s.srv.log.Log(context.Background(), level, msg, attrs...)
+	s.srv.log.Log(context.Background(), level, msg.String(), attrs...)
+	if h := s.srv.hooks.Load(); h.Recipient != nil {
+		ec := smtp.EnhancedCode{2, 1, 5}
+		if rep != nil {
+			ec = rep.EnhancedCode
+		}
+		h.Recipient(c, ec, rc.entry.Server, dur)
+	}
+}
+
+// cutSession drops the " SESSIONID=<…>" a reply text ends with; the log
+// line has the session in a field of its own.
+func cutSession(msg string) string {
+	if i := strings.LastIndex(msg, " SESSIONID=<"); i >= 0 {
+		return msg[:i]
+	}
+	return msg
 }

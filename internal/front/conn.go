@@ -1,0 +1,240 @@
+package front
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// maxCommandLine bounds an LMTP command line. RFC 5321 §4.5.3.1.4 allows
+// 512 octets; extensions may need more, and this limit exists only to keep
+// a client from making us hold an endless line in memory.
+const maxCommandLine = 8 << 10
+
+// maxDataLine bounds a line while a message is being received. The message
+// is refused anyway once a line passes 998 octets (package wire), but it
+// must be read to its end so that the MTA gets the refusal as a reply
+// rather than a reset connection; only beyond this absurd length is the
+// connection given up.
+const maxDataLine = 64 << 20
+
+// mtaConn is an accepted MTA connection as go-smtp reads it. It does three
+// things go-smtp cannot:
+//
+//   - It bounds lines itself (go-smtp's MaxLineLength is off). A command
+//     line that is too long is read to its end, and only then is go-smtp
+//     told (smtp.ErrTooLongLine), so that its "500 Too long line" reply
+//     reaches a client that is no longer sending, instead of a TCP reset.
+//     The octets of a BDAT chunk are not lines and are not bounded; while a
+//     message is received in DATA the bound is far higher, because the
+//     front end refuses the message itself and must read it to its end.
+//   - It remembers that the client's side ended (EOF or an error), which is
+//     how a BDAT chunk cut short is told from a complete one: go-smtp's
+//     chunk reader takes an early EOF for the end of the chunk.
+//   - At shutdown it can answer 421 to a client that the server is waiting
+//     on, and close (RFC 5321 §3.8), without racing go-smtp's own writes.
+type mtaConn struct {
+	net.Conn
+	srv     *Server
+	trusted bool        // the listener is trusted with MAIL's AUTH= parameter
+	inTxn   atomic.Bool // between MAIL and the end of the transaction
+
+	mu         sync.Mutex
+	waiting    bool // a Read is blocked on the client (between commands)
+	dataMode   bool // a message is being received in DATA
+	closing    bool // 421 sent, the connection is being closed
+	ended      error
+	lineLen    int    // octets of the current line so far
+	head       []byte // the first octets of the current line
+	chunk      uint64 // octets of a BDAT chunk still to come
+	draining   bool   // reading an overlong line to its end
+	pendingErr error  // returned by the next Read
+}
+
+// setDataMode switches the line bound between commands and message data.
+func (c *mtaConn) setDataMode(on bool) {
+	c.mu.Lock()
+	c.dataMode = on
+	c.mu.Unlock()
+}
+
+// clientEnded returns the error (io.EOF included) that ended the client's
+// side of the connection, or nil if it is still open.
+func (c *mtaConn) clientEnded() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ended
+}
+
+func (c *mtaConn) Read(p []byte) (int, error) {
+	for {
+		c.mu.Lock()
+		if c.closing {
+			c.mu.Unlock()
+			return 0, net.ErrClosed
+		}
+		if err := c.pendingErr; err != nil {
+			c.pendingErr = nil
+			c.mu.Unlock()
+			return 0, err
+		}
+		c.waiting = !c.dataMode && c.chunk == 0
+		c.mu.Unlock()
+		n, err := c.Conn.Read(p)
+		c.mu.Lock()
+		c.waiting = false
+		if c.closing {
+			c.mu.Unlock()
+			return 0, net.ErrClosed
+		}
+		if err != nil && c.ended == nil {
+			c.ended = err
+		}
+		pass := c.scan(p[:n])
+		c.mu.Unlock()
+		switch {
+		case pass == n && (n > 0 || err != nil):
+			return n, err
+		case pass > 0:
+			return pass, nil
+		case err != nil:
+			return 0, err
+		}
+		// Everything read was part of a refused line: read on (a Read
+		// must not return 0, nil).
+	}
+}
+
+// scan applies the line bound to freshly read octets and returns how many
+// of them, from the start, go on to go-smtp. c.mu is held.
+func (c *mtaConn) scan(p []byte) int {
+	limit := maxCommandLine
+	if c.dataMode {
+		limit = maxDataLine
+	}
+	pass := len(p)
+	if c.draining {
+		pass = 0
+	}
+	for i := 0; i < len(p); {
+		if c.draining {
+			j := bytes.IndexByte(p[i:], '\n')
+			if j < 0 {
+				break
+			}
+			// The refused line ended. go-smtp hears of it now, answers
+			// and closes; nothing after it is passed on.
+			c.draining, c.lineLen, c.head = false, 0, c.head[:0]
+			c.pendingErr = smtp.ErrTooLongLine
+			break
+		}
+		if c.chunk > 0 {
+			k := min(c.chunk, uint64(len(p)-i))
+			c.chunk -= k
+			i += int(k)
+			continue
+		}
+		j := bytes.IndexByte(p[i:], '\n')
+		seg := len(p) - i
+		if j >= 0 {
+			seg = j
+		}
+		if c.lineLen+seg > limit {
+			pass = min(pass, i)
+			c.draining = true
+			continue
+		}
+		if len(c.head) < 64 {
+			c.head = append(c.head, p[i:i+min(seg+1, 64-len(c.head), len(p)-i)]...)
+		}
+		if j < 0 {
+			c.lineLen += seg
+			break
+		}
+		// A BDAT line is followed by its chunk, whatever the mode (a
+		// body line that merely looks like one only loses the bound on a
+		// few octets).
+		c.chunk = bdatSize(c.head)
+		c.lineLen, c.head = 0, c.head[:0]
+		i += j + 1
+	}
+	return pass
+}
+
+// bdatSize returns the size of the chunk that follows a command line, as
+// go-smtp parses "BDAT <size> [LAST]" (it reads the chunk even when it
+// refuses the command, but not when the command itself is malformed), or 0.
+func bdatSize(line []byte) uint64 {
+	if len(line) < 5 || !strings.EqualFold(string(line[:5]), "BDAT ") {
+		return 0
+	}
+	args := strings.Fields(string(line[5:]))
+	if len(args) == 0 || len(args) > 2 || (len(args) == 2 && !strings.EqualFold(args[1], "LAST")) {
+		return 0
+	}
+	n, err := strconv.ParseUint(args[0], 10, 32)
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+// shutdownIdle answers 421 and closes the connection if the server is
+// waiting for the client's next command, and reports whether it did.
+func (c *mtaConn) shutdownIdle() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.waiting || c.closing {
+		return false
+	}
+	c.closing = true
+	c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+	c.Conn.Write([]byte(shutdownLine))
+	c.Conn.Close()
+	return true
+}
+
+// shutdownLine is replyShutdown on the wire.
+const shutdownLine = "421 4.3.2 Service shutting down, try again later\r\n"
+
+func (c *mtaConn) Close() error {
+	c.srv.untrack(c)
+	err := c.Conn.Close()
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+// listener wraps one listening socket: it tracks and bounds connections.
+type listener struct {
+	net.Listener
+	srv     *Server
+	trusted bool
+}
+
+func (l listener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		mc := &mtaConn{Conn: c, srv: l.srv, trusted: l.trusted}
+		if l.srv.track(mc) {
+			return mc, nil
+		}
+		// Over lmtp.max_connections: refuse politely, before go-smtp
+		// spends a goroutine and a session on it.
+		l.srv.nrefused.Add(1)
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		c.Write([]byte("421 4.3.2 Too many connections, try again later\r\n"))
+		c.Close()
+	}
+}
