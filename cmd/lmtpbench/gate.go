@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/lmtpgate/lmtpgate/internal/service"
+	"github.com/lmtpgate/lmtpgate/internal/control"
 )
 
 // gate is an lmtpgate daemon started for one run, as its own process so
@@ -91,13 +91,13 @@ func startGate(ctx context.Context, bin, dir, yaml string) (*gate, error) {
 func (g *gate) PID() int { return g.cmd.Process.Pid }
 
 // Resolve asks the daemon over its control socket where addr goes.
-func (g *gate) Resolve(ctx context.Context, addr string) (service.ResolveResult, error) {
-	resp, err := service.Call(ctx, g.Control, service.Request{Cmd: "resolve", Args: []string{addr}})
+func (g *gate) Resolve(ctx context.Context, addr string) (control.ResolveResult, error) {
+	resp, err := control.Call(ctx, g.Control, control.Request{Cmd: "resolve", Args: []string{addr}})
 	if err != nil {
-		return service.ResolveResult{}, err
+		return control.ResolveResult{}, err
 	}
 	if !resp.OK || len(resp.Resolved) != 1 {
-		return service.ResolveResult{}, errors.New("resolve: " + resp.Error)
+		return control.ResolveResult{}, errors.New("resolve: " + resp.Error)
 	}
 	return resp.Resolved[0], nil
 }

@@ -11,17 +11,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
-	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/lmtpgate/lmtpgate/internal/config"
-	"github.com/lmtpgate/lmtpgate/internal/cyrusdb"
+	"github.com/lmtpgate/lmtpgate/internal/control"
 	"github.com/lmtpgate/lmtpgate/internal/service"
 )
 
@@ -32,25 +29,48 @@ const usage = `usage: lmtpgate <command> [options]
 
 commands:
   serve   [-c FILE]                      run the daemon
-  check   [-c FILE]                      validate the configuration
-  resolve [-c FILE] [-v] [--local] ADDRESS...
+  check   [-c FILE] [--connect]          validate the configuration; --connect also logs in
+                                         to every backend and MUPDATE server
+  resolve [-c FILE] [-v] [--local] [--json] ADDRESS...
                                          show where mail for each address goes
   reload  [-c FILE]                      make the running daemon reload; fails if the new configuration is rejected
-  mode    [-c FILE] [master|no-master]   show or set master / no-master mode (and reload)
-  status  [-c FILE]                      show the running daemon's status
+  mode    [-c FILE] [master|no-master|clear]
+                                         show or set master / no-master mode (and reload); clear
+                                         removes the override and returns to the file's mode:
+  status  [-c FILE] [--json]             show the running daemon's status
   version                                print the version
 `
+
+// Exit statuses besides 0, 1 (an error) and 2 (usage).
+const (
+	exitDeferred = 4 // resolve: an address would get a 4xx
+	exitRejected = 5 // resolve: an address would get a 5xx
+)
 
 // errUsage makes main exit 2.
 var errUsage = errors.New("usage")
 
+// exitError carries an exit status other than 1.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e *exitError) Error() string { return e.msg }
+
 func main() {
 	err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr)
+	var ee *exitError
 	switch {
 	case err == nil:
 	case errors.Is(err, errUsage):
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
+	case errors.As(err, &ee):
+		if ee.msg != "" {
+			fmt.Fprintln(os.Stderr, "lmtpgate:", ee.msg)
+		}
+		os.Exit(ee.code)
 	default:
 		fmt.Fprintln(os.Stderr, "lmtpgate:", err)
 		os.Exit(1)
@@ -68,6 +88,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	verbose := fs.Bool("v", false, "resolve: show every source's answer and time")
 	local := fs.Bool("local", false, "resolve: do not ask the running daemon")
 	jsonOut := fs.Bool("json", false, "status, resolve: print JSON")
+	connect := fs.Bool("connect", false, "check: log in to every backend and MUPDATE server")
 	switch cmd {
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "lmtpgate", version)
@@ -89,7 +110,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return service.Serve(ctx, *cfgPath, version, stderr)
 	case "check":
-		return check(*cfgPath, stdout)
+		if fs.NArg() != 0 {
+			return errUsage
+		}
+		return check(ctx, *cfgPath, *connect, stdout)
 	case "resolve":
 		if fs.NArg() == 0 {
 			return errUsage
@@ -106,31 +130,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return mode(ctx, *cfgPath, fs.Arg(0), stdout)
 	case "status":
+		if fs.NArg() != 0 {
+			return errUsage
+		}
 		return status(ctx, *cfgPath, *jsonOut, stdout)
 	}
 	return errUsage
-}
-
-func check(path string, stdout io.Writer) error {
-	cfg, err := config.Load(path)
-	if err != nil {
-		return err
-	}
-	for _, w := range cfg.Warnings {
-		fmt.Fprintln(stdout, "warning:", w)
-	}
-	// The daemon runs on without a readable mailboxes.db (the source is
-	// "unavailable" until the file appears), so this is a warning, not an
-	// error; but an operator checking a new setup wants to hear it now.
-	if slices.Contains(cfg.Order(), config.SourceMailboxesDB) {
-		if info, err := cyrusdb.Stat(cfg.Lookup.MailboxesDB); err != nil {
-			fmt.Fprintf(stdout, "warning: lookup.mailboxes_db: %v\n", err)
-		} else {
-			fmt.Fprintf(stdout, "%s: %s format, %d bytes\n", cfg.Lookup.MailboxesDB, info.Format, info.FileSize)
-		}
-	}
-	fmt.Fprintf(stdout, "%s: OK (mode %s from %s; lookup order %s)\n", path, cfg.Mode, cfg.ModeFrom, strings.Join(cfg.Order(), ", "))
-	return nil
 }
 
 // controlSocket is the daemon's control socket, found even when the file
@@ -140,29 +145,43 @@ func controlSocket(path string) string {
 	return sock
 }
 
+// callDaemon asks the running daemon; it says plainly when this user may
+// not.
+func callDaemon(ctx context.Context, path string, req control.Request) (*control.Response, error) {
+	sock := controlSocket(path)
+	resp, err := control.Call(ctx, sock, req)
+	if errors.Is(err, control.ErrPermission) {
+		return nil, fmt.Errorf("%w; run it as root", err)
+	}
+	return resp, err
+}
+
 func resolve(ctx context.Context, path string, addrs []string, verbose, local, jsonOut bool, stdout, stderr io.Writer) error {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return err
 	}
-	var res []service.ResolveResult
+	var res []control.ResolveResult
 	from := "running daemon"
 	if !local {
 		cctx, cancel := context.WithTimeout(ctx, time.Minute)
-		resp, err := service.Call(cctx, cfg.ControlSocket, service.Request{Cmd: "resolve", Args: addrs})
+		resp, err := callDaemon(cctx, path, control.Request{Cmd: "resolve", Args: addrs})
 		cancel()
 		switch {
+		case errors.Is(err, control.ErrPermission):
+			return fmt.Errorf("%w, or use --local to resolve in this process", err)
 		case err == nil && !resp.OK:
 			return errors.New(resp.Error)
 		case err == nil:
 			res = resp.Resolved
 		default:
+			fmt.Fprintf(stderr, "lmtpgate: no running daemon (%v); resolving in this process\n", err)
 			local = true
 		}
 	}
 	if local {
 		from = "this process (no daemon asked)"
-		log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		log := newCLILogger(stderr)
 		if res, err = service.ResolveLocal(ctx, cfg, addrs, log); err != nil {
 			return err
 		}
@@ -170,46 +189,76 @@ func resolve(ctx context.Context, path string, addrs []string, verbose, local, j
 	if jsonOut {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(res)
+		if err := enc.Encode(res); err != nil {
+			return err
+		}
+	} else {
+		printResolved(stdout, res, verbose, from)
 	}
+	return resolveExit(res)
+}
+
+func printResolved(w io.Writer, res []control.ResolveResult, verbose bool, from string) {
 	for _, r := range res {
-		fmt.Fprintf(stdout, "%s\n", r.Address)
+		fmt.Fprintf(w, "%s\n", r.Address)
 		if r.Mailbox != "" {
-			fmt.Fprintf(stdout, "  mailbox:  %s\n", r.Mailbox)
-			fmt.Fprintf(stdout, "  forward:  %s\n", r.Forward)
+			fmt.Fprintf(w, "  mailbox:  %s\n", r.Mailbox)
+			fmt.Fprintf(w, "  forward:  %s   (the address sent to the backend)\n", r.Forward)
 		}
 		if r.Server != "" {
-			fmt.Fprintf(stdout, "  server:   %s (answered by %s)\n", r.Server, r.Source)
+			fmt.Fprintf(w, "  server:   %s (answered by %s)\n", r.Server, r.Source)
 		}
-		fmt.Fprintf(stdout, "  RCPT:     %s\n", r.Verdict)
+		if r.Backend != "" {
+			fmt.Fprintf(w, "  backend:  %s\n", r.Backend)
+		}
+		fmt.Fprintf(w, "  RCPT:     %s\n", r.Verdict)
 		if r.Error != "" {
-			fmt.Fprintf(stdout, "  because:  %s\n", r.Error)
+			fmt.Fprintf(w, "  because:  %s\n", r.Error)
 		}
 		if verbose {
 			for _, t := range r.Trace {
-				fmt.Fprintf(stdout, "  %-15s %-50s %8.3f ms\n", t.Source+":", t.Answer, float64(t.Micros)/1000)
+				fmt.Fprintf(w, "  %-15s %-50s %8.3f ms\n", t.Source+":", t.Answer, float64(t.Micros)/1000)
 			}
 			for _, s := range r.Sources {
-				h := "ok"
-				if !s.Healthy {
-					h = "DOWN"
-				}
-				fmt.Fprintf(stdout, "  [%s %s] %s\n", s.Name, h, s.Detail)
+				fmt.Fprintf(w, "  [%s %s] %s\n", s.Name, okDown(s.Healthy), s.Detail)
 			}
-			fmt.Fprintf(stdout, "  (resolved by %s)\n", from)
+			fmt.Fprintf(w, "  (resolved by %s)\n", from)
 		}
 	}
-	return nil
+}
+
+// resolveExit is 0 when every address would be accepted, exitDeferred when
+// one would be deferred, exitRejected when one would be refused.
+func resolveExit(res []control.ResolveResult) error {
+	code := 0
+	for _, r := range res {
+		switch {
+		case r.Code >= 500:
+			code = exitRejected
+		case r.Code >= 400 && code == 0:
+			code = exitDeferred
+		}
+	}
+	if code == 0 {
+		return nil
+	}
+	return &exitError{code: code}
+}
+
+func okDown(ok bool) string {
+	if ok {
+		return "ok"
+	}
+	return "DOWN"
 }
 
 // reload asks the daemon over its control socket and waits for the
 // outcome. Without a control socket it falls back to SIGHUP to $MAINPID
 // (set by systemd for ExecReload), whose outcome it cannot see.
 func reload(ctx context.Context, path string, stdout io.Writer) error {
-	sock := controlSocket(path)
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	resp, err := service.Call(cctx, sock, service.Request{Cmd: "reload"})
+	resp, err := callDaemon(cctx, path, control.Request{Cmd: "reload"})
 	if err == nil {
 		if !resp.OK {
 			return fmt.Errorf("reload rejected, the daemon keeps its previous configuration: %s", resp.Error)
@@ -221,48 +270,93 @@ func reload(ctx context.Context, path string, stdout io.Writer) error {
 		if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
 			return fmt.Errorf("signal %d: %w", pid, err)
 		}
-		fmt.Fprintf(stdout, "sent SIGHUP to %d (control socket %s unavailable: %v); see the journal for the outcome\n", pid, sock, err)
+		fmt.Fprintf(stdout, "sent SIGHUP to %d (control socket %s unavailable: %v); see the journal for the outcome\n", pid, controlSocket(path), err)
 		return nil
 	}
-	return fmt.Errorf("no running daemon at %s: %w", sock, err)
+	return &errNoDaemon{sock: controlSocket(path), err: err}
 }
 
+type errNoDaemon struct {
+	sock string
+	err  error
+}
+
+func (e *errNoDaemon) Error() string {
+	return fmt.Sprintf("no running daemon at %s (%v); the change takes effect when it starts (the socket unit starts it on the first delivery)", e.sock, e.err)
+}
+
+func (e *errNoDaemon) Unwrap() error { return e.err }
+
+// mode shows or sets the mode. A new mode is checked against the
+// configuration before the file is written, so a mode the daemon would
+// refuse never lands on disk; and if the running daemon still rejects the
+// reload, the previous file is put back.
 func mode(ctx context.Context, path, want string, stdout io.Writer) error {
-	cfg, err := config.Load(path)
+	_, stateDir := config.Locate(path)
 	if want == "" {
+		cfg, err := config.Load(path)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "%s (from %s)\n", cfg.Mode, cfg.ModeFrom)
+		if cfg.ModeProblem != "" {
+			fmt.Fprintf(stdout, "error: %s\n", cfg.ModeProblem)
+		}
+		if cfg.ModeFrom != "config" && cfg.ConfigMode != cfg.Mode {
+			fmt.Fprintf(stdout, "the configuration says %s; `lmtpgate mode clear` returns to it\n", cfg.ConfigMode)
+		}
 		return nil
 	}
-	m, perr := config.ParseMode(want)
-	if perr != nil {
-		return perr
+	prev, hadPrev := os.ReadFile(config.ModeFile(stateDir))
+	restore := func() {
+		if hadPrev == nil {
+			os.WriteFile(config.ModeFile(stateDir), prev, 0o644)
+		} else {
+			config.ClearModeFile(stateDir)
+		}
 	}
-	_, stateDir := config.Locate(path)
-	if err := os.MkdirAll(stateDir, 0o755); err != nil {
-		return err
+	if want == "clear" {
+		if err := config.ClearModeFile(stateDir); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "removed %s; the mode is mode: in %s again\n", config.ModeFile(stateDir), path)
+	} else {
+		m, err := config.ParseMode(want)
+		if err != nil {
+			return err
+		}
+		if err := config.WriteModeFile(stateDir, m); err != nil {
+			return err
+		}
+		cfg, err := config.Load(path)
+		switch {
+		case err != nil:
+			restore()
+			return fmt.Errorf("mode not changed: %w", err)
+		case cfg.ModeProblem != "":
+			restore()
+			return fmt.Errorf("mode not changed: %s", cfg.ModeProblem)
+		}
+		fmt.Fprintf(stdout, "mode %s written to %s\n", m, config.ModeFile(stateDir))
 	}
-	// Write and rename, so a crash never leaves a half-written mode.
-	file := filepath.Join(stateDir, "mode")
-	tmp := file + ".tmp"
-	if err := os.WriteFile(tmp, []byte(string(m)+"\n"), 0o644); err != nil {
-		return err
+	err := reload(ctx, path, stdout)
+	var nd *errNoDaemon
+	if err != nil && !errors.As(err, &nd) {
+		restore()
+		return fmt.Errorf("the daemon refused the new mode, the previous one is back in place: %w", err)
 	}
-	if err := os.Rename(tmp, file); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "mode %s written to %s\n", m, file)
-	return reload(ctx, path, stdout)
+	return err
 }
 
 func status(ctx context.Context, path string, jsonOut bool, stdout io.Writer) error {
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resp, err := service.Call(cctx, controlSocket(path), service.Request{Cmd: "status"})
+	resp, err := callDaemon(cctx, path, control.Request{Cmd: "status"})
 	if err != nil {
-		return fmt.Errorf("no running daemon: %w", err)
+		if errors.Is(err, control.ErrPermission) {
+			return err
+		}
+		return fmt.Errorf("no running daemon at %s: %w", controlSocket(path), err)
 	}
 	if !resp.OK || resp.Status == nil {
 		return errors.New(resp.Error)
@@ -275,15 +369,31 @@ func status(ctx context.Context, path string, jsonOut bool, stdout io.Writer) er
 	}
 	fmt.Fprintf(stdout, "lmtpgate %s, config %s, up since %s\n", s.Version, s.Config, s.Started.Format(time.RFC3339))
 	fmt.Fprintf(stdout, "mode:     %s (from %s), lookup order %s\n", s.Mode, s.ModeFrom, strings.Join(s.Order, ", "))
-	for _, src := range s.Sources {
-		h := "ok"
-		if !src.Healthy {
-			h = "DOWN"
-		}
-		fmt.Fprintf(stdout, "source:   %-15s %-4s %s\n", src.Name, h, src.Detail)
+	if s.ModeFrom != "config" && s.ConfigMode != s.Mode {
+		fmt.Fprintf(stdout, "          the configuration says %s; `lmtpgate mode clear` returns to it\n", s.ConfigMode)
 	}
-	fmt.Fprintf(stdout, "sessions: %d open, %d since start; %d messages\n", s.Stats.Active, s.Stats.Sessions, s.Stats.Transactions)
-	fmt.Fprintf(stdout, "recipients: %d delivered, %d deferred (4xx), %d rejected (5xx)\n", s.Stats.Delivered, s.Stats.TempFailed, s.Stats.PermFailed)
+	if s.ModeProblem != "" {
+		fmt.Fprintf(stdout, "MODE FILE IGNORED: %s\n", s.ModeProblem)
+	}
+	for _, src := range s.Sources {
+		fmt.Fprintf(stdout, "source:   %-15s %-4s %s\n", src.Name, okDown(src.Healthy), src.Detail)
+	}
+	for _, be := range s.Backends {
+		state := "ok"
+		if !be.Up {
+			state = "DOWN"
+		}
+		fmt.Fprintf(stdout, "backend:  %-15s %-4s %d in flight, %d idle, since %s", be.Server, state, be.InFlight, be.Idle, be.Since.Format(time.RFC3339))
+		if be.LastError != "" {
+			fmt.Fprintf(stdout, "; last error %s: %s", be.LastErrorAt.Format(time.RFC3339), be.LastError)
+		}
+		fmt.Fprintln(stdout)
+	}
+	fmt.Fprintf(stdout, "sessions: %d open, %d since start, %d refused; %d messages\n", s.Stats.Active, s.Stats.Sessions, s.Stats.Refused, s.Stats.Transactions)
+	fmt.Fprintf(stdout, "recipients: %d delivered, %d deferred (4xx), %d rejected (5xx)\n", s.Stats.Delivered, s.Stats.Deferred, s.Stats.Rejected)
+	for _, p := range s.Problems {
+		fmt.Fprintf(stdout, "problem:  %s\n", p)
+	}
 	if !s.LastReload.IsZero() {
 		fmt.Fprintf(stdout, "last reload: %s", s.LastReload.Format(time.RFC3339))
 		if s.LastReloadError != "" {

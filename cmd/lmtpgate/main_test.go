@@ -10,6 +10,14 @@ import (
 	"testing"
 )
 
+// TestMain runs the commands as on a host without the packaged unit, so
+// that check does not apply an installed unit's sandbox to test paths
+// under /tmp; TestCheckSandbox sets the unit itself.
+func TestMain(m *testing.M) {
+	os.Setenv("LMTPGATE_UNIT", "/nonexistent/lmtpgate.service")
+	os.Exit(m.Run())
+}
+
 func runCmd(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	var out, errOut bytes.Buffer
@@ -26,7 +34,7 @@ func TestCheck(t *testing.T) {
 		}
 		return p
 	}
-	good := write("good.yaml", "state_dir: "+dir+"\nlookup: {order: [mailboxes-db], mailboxes_db: "+dir+"/missing.db}\nbackends: {password: x}\n")
+	good := write("good.yaml", "state_dir: "+dir+"\nlookup: {order: [mailboxes-db, master-mupdate], mailboxes_db: "+dir+"/missing.db, master_mupdate: {address: '127.0.0.1:3905'}}\nbackends: {password: x}\n")
 	out, err := runCmd(t, "check", "-c", good)
 	if err != nil {
 		t.Fatalf("check failed: %v\n%s", err, out)
@@ -37,6 +45,33 @@ func TestCheck(t *testing.T) {
 	bad := write("bad.yaml", "state_dir: "+dir+"\nlookup: {order: [mailboxes-db, ldap], mailboxes_db: /x}\n")
 	if _, err := runCmd(t, "check", "-c", bad); err == nil || !strings.Contains(err.Error(), "lookup.order[1]") {
 		t.Fatalf("bad config: err = %v, want it to name lookup.order[1]", err)
+	}
+	// What will surely fail makes check fail, naming the key and the fix.
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"no source can answer", "lookup: {order: [mailboxes-db], mailboxes_db: " + dir + "/missing.db}\nbackends: {password: x}\n", "lookup.order: no source"},
+		{"empty backend password", "lookup: {order: [master-mupdate], master_mupdate: {address: '127.0.0.1:3905', authname: m, password: p}}\n", "backends.password: empty"},
+		{"empty MUPDATE password", "lookup: {order: [master-mupdate], master_mupdate: {address: '127.0.0.1:3905', authname: m}}\nbackends: {password: x}\n", "lookup.master_mupdate.password: empty"},
+		{"local mupdate is the master", "lookup: {order: [local-mupdate, master-mupdate], master_mupdate: {address: '10.0.0.1:3905', authname: m, password: p}, local_mupdate: {address: '10.0.0.1:3905'}}\nbackends: {password: x}\n", "is the master's own address"},
+	} {
+		p := write(tc.name+".yaml", "state_dir: "+dir+"\n"+tc.yaml)
+		out, err := runCmd(t, "check", "-c", p)
+		if err == nil || !strings.Contains(out, tc.want) {
+			t.Errorf("%s: err %v, output:\n%s\nwant a failure naming %q", tc.name, err, out, tc.want)
+		}
+	}
+}
+
+// With the packaged unit's sandbox, a path it hides (here under /tmp,
+// which PrivateTmp= replaces) fails check although root can read it.
+func TestCheckSandbox(t *testing.T) {
+	t.Setenv("LMTPGATE_UNIT", "../../systemd/lmtpgate.service")
+	dir := t.TempDir()
+	p := filepath.Join(dir, "c.yaml")
+	os.WriteFile(p, []byte("state_dir: /var/lib/lmtpgate\nlookup: {order: [master-mupdate], master_mupdate: {address: '127.0.0.1:3905'}}\nbackends: {password_file: "+dir+"/pw}\nlmtp: {spool_dir: /srv/spool}\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "pw"), []byte("x\n"), 0o600)
+	out, err := runCmd(t, "check", "-c", p)
+	if err == nil || !strings.Contains(out, "backends.password_file: "+dir+"/pw is hidden from the service") || !strings.Contains(out, "lmtp.spool_dir: /srv/spool is read-only") {
+		t.Fatalf("err %v, output:\n%s", err, out)
 	}
 }
 
@@ -81,7 +116,7 @@ func TestModeWritesStateFile(t *testing.T) {
 func TestModeRepairsADamagedModeFile(t *testing.T) {
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "c.yaml")
-	os.WriteFile(cfg, []byte("state_dir: "+dir+"\ncontrol_socket: "+dir+"/none.sock\nlookup: {order: [mailboxes-db], mailboxes_db: /x}\n"), 0o600)
+	os.WriteFile(cfg, []byte("state_dir: "+dir+"\ncontrol_socket: "+dir+"/none.sock\nlookup: {order: [mailboxes-db, master-mupdate], mailboxes_db: /x, master_mupdate: {address: 'm:3905'}}\nbackends: {password: x}\n"), 0o600)
 	os.WriteFile(filepath.Join(dir, "mode"), []byte("sideways\n"), 0o644)
 	t.Setenv("MAINPID", "")
 	if _, err := runCmd(t, "check", "-c", cfg); err == nil {
@@ -90,5 +125,31 @@ func TestModeRepairsADamagedModeFile(t *testing.T) {
 	runCmd(t, "mode", "-c", cfg, "master") // the reload fails: no daemon
 	if out, err := runCmd(t, "check", "-c", cfg); err != nil {
 		t.Fatalf("mode did not repair the state file: %v\n%s", err, out)
+	}
+}
+
+// A mode the configuration cannot run in is refused before anything is
+// written, so no leftover file can break the next start; `mode clear`
+// removes an override.
+func TestModeRefusedIsNotWritten(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfg, []byte("state_dir: "+dir+"\ncontrol_socket: "+dir+"/none.sock\nlookup: {order: [master-mupdate], master_mupdate: {address: 'm:3905'}}\nbackends: {password: x}\n"), 0o600)
+	t.Setenv("MAINPID", "")
+	out, err := runCmd(t, "mode", "-c", cfg, "no-master")
+	if err == nil || !strings.Contains(err.Error(), "leaves no lookup source") {
+		t.Fatalf("mode no-master with only the master: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "mode")); !os.IsNotExist(err) {
+		t.Fatalf("a refused mode left %s behind (%v)", filepath.Join(dir, "mode"), err)
+	}
+	// An override that does apply stays until cleared.
+	os.WriteFile(filepath.Join(dir, "mode"), []byte("master\n"), 0o644)
+	runCmd(t, "mode", "-c", cfg, "clear")
+	if _, err := os.Stat(filepath.Join(dir, "mode")); !os.IsNotExist(err) {
+		t.Fatalf("mode clear left the file (%v)", err)
+	}
+	if out, err := runCmd(t, "mode", "-c", cfg); err != nil || !strings.HasPrefix(out, "master (from config)") {
+		t.Fatalf("after clear: %q %v", out, err)
 	}
 }

@@ -2,6 +2,13 @@
 // unset from the frontend's Cyrus imapd.conf, validates the result and hands
 // out an immutable snapshot. A reload builds a new snapshot; the daemon swaps
 // it in only if Load succeeded, so a broken file never replaces a good one.
+//
+// Each setting is defined once: the packages that use a group of settings
+// own its type and its defaults (backend.Config and backend.DefaultConfig,
+// mupdate.Config, mboxlist.Config, lookup.CacheConfig, front.Config,
+// address.Settings), and Config holds those types. This package only maps
+// the YAML keys onto them, applies the imapd.conf fallbacks and validates,
+// naming the key at fault; no package re-defaults a zero.
 package config
 
 import (
@@ -19,6 +26,14 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/lmtpgate/lmtpgate/internal/address"
+	"github.com/lmtpgate/lmtpgate/internal/backend"
+	"github.com/lmtpgate/lmtpgate/internal/cyrusdb"
+	"github.com/lmtpgate/lmtpgate/internal/front"
+	"github.com/lmtpgate/lmtpgate/internal/lookup"
+	"github.com/lmtpgate/lmtpgate/internal/mboxlist"
+	"github.com/lmtpgate/lmtpgate/internal/mupdate"
 )
 
 // Defaults for where things live; the packages and units use the same.
@@ -26,31 +41,13 @@ const (
 	DefaultPath          = "/etc/lmtpgate/lmtpgate.yaml"
 	DefaultStateDir      = "/var/lib/lmtpgate"
 	DefaultControlSocket = "/run/lmtpgate/control.sock"
+	DefaultListen        = "unix:/run/lmtpgate/lmtp.sock"
 )
 
-// Locate returns control_socket and state_dir from the file at path even
-// when the file as a whole does not load (an unknown key, a bad value, a
-// damaged mode file): that is exactly when `lmtpgate reload` must still
-// reach the running daemon to report the error, and when `lmtpgate mode`
-// must still be able to rewrite the mode file.
-func Locate(path string) (controlSocket, stateDir string) {
-	var r struct {
-		ControlSocket *string `yaml:"control_socket"`
-		StateDir      *string `yaml:"state_dir"`
-	}
-	controlSocket, stateDir = DefaultControlSocket, DefaultStateDir
-	data, err := os.ReadFile(path)
-	if err != nil || yaml.Unmarshal(data, &r) != nil {
-		return
-	}
-	if r.ControlSocket != nil {
-		controlSocket = *r.ControlSocket
-	}
-	if r.StateDir != nil {
-		stateDir = *r.StateDir
-	}
-	return
-}
+// MaxShutdownTimeout is the largest shutdown_timeout accepted: the packaged
+// unit's TimeoutStopSec= (45s) less the few seconds a stop needs around the
+// drain. A longer one would have systemd kill the daemon mid-stop.
+const MaxShutdownTimeout = 40 * time.Second
 
 // Lookup source names, as used in lookup.order.
 const (
@@ -58,6 +55,9 @@ const (
 	SourceLocalMupdate  = "local-mupdate"
 	SourceMasterMupdate = "master-mupdate"
 )
+
+// Sources lists the lookup source names in the order the docs give them.
+var Sources = []string{SourceMailboxesDB, SourceLocalMupdate, SourceMasterMupdate}
 
 // Mode is master or no-master.
 type Mode string
@@ -86,101 +86,85 @@ type Listen struct {
 
 func (l Listen) String() string { return l.Network + ":" + l.Address }
 
-// Mupdate is the resolved configuration of one MUPDATE server.
-type Mupdate struct {
-	Address      string
-	AuthName     string
-	AuthzID      string
-	Password     string
-	TLS          string // none, starttls, tls
-	DialTimeout  time.Duration
-	QueryTimeout time.Duration
-	KeepAlive    time.Duration
-	BackoffMin   time.Duration
-	BackoffMax   time.Duration
+// LogConfig holds the log.* keys.
+type LogConfig struct {
+	Level  slog.Level
+	Format string // auto, journal, text, json
 }
+
+// AddressConfig holds the address.* keys: how Cyrus maps a recipient to a
+// mailbox, and the reply policies that go with it.
+type AddressConfig struct {
+	address.Settings
+	OverQuotaPermFailure bool
+	// DeletedPrefix is imapd.conf's deletedprefix: Cyrus renames a
+	// deleted mailbox to <prefix>.<name>.<hex> (delayed delete), and such
+	// a copy never takes mail. Not a YAML key: it is Cyrus's.
+	DeletedPrefix string
+}
+
+// LookupConfig holds the lookup.* keys.
+type LookupConfig struct {
+	Order []string // as configured; see Config.Order
+	// Timeout is the time one source may take for one question before
+	// the next source is asked.
+	Timeout     time.Duration
+	MailboxesDB mboxlist.Config
+	Cache       lookup.CacheConfig
+	Local       mupdate.Config
+	Master      mupdate.Config
+}
+
+// Problem is something that will surely fail: `lmtpgate check` fails on it
+// and the daemon logs it at error, but it does not stop the daemon (which
+// may still serve in part).
+type Problem struct {
+	Key string
+	Msg string
+}
+
+func (p Problem) String() string { return p.Key + ": " + p.Msg }
 
 // Config is an immutable, validated configuration snapshot.
 type Config struct {
-	Path            string
-	Hostname        string
-	Listen          []Listen
-	ImapdConf       string
-	Mode            Mode
-	ModeFrom        string // "config" or the path of the state file that set it
+	Path      string
+	Hostname  string
+	Listen    []Listen
+	ImapdConf string
+	// Mode is the mode in force: ConfigMode, or the mode file's.
+	Mode Mode
+	// ModeFrom is "config" or the path of the mode file that set Mode.
+	ModeFrom string
+	// ConfigMode is the mode the YAML says.
+	ConfigMode Mode
+	// ModeProblem says why a mode file was ignored ("" if none was).
+	ModeProblem     string
 	StateDir        string
 	ControlSocket   string
 	WatchConfig     bool
 	ShutdownTimeout time.Duration
 
-	Log struct {
-		Level  slog.Level
-		Format string // auto, journal, text, json
-	}
+	Log      LogConfig
+	LMTP     front.Config
+	Address  AddressConfig
+	Lookup   LookupConfig
+	Backends backend.Config
 
-	LMTP struct {
-		MaxMessageSize   int64
-		MaxRecipients    int
-		ReadTimeout      time.Duration
-		WriteTimeout     time.Duration
-		SpoolDir         string
-		SpoolMemoryLimit int64
-	}
+	// SecretFiles are the password files named, by key.
+	SecretFiles map[string]string
 
-	Address struct {
-		DowncaseRcpt         bool
-		UnixHierarchySep     bool
-		VirtDomains          string
-		DefaultDomain        string
-		PostUser             string
-		OverQuotaPermFailure bool
-		// DeletedPrefix is imapd.conf's deletedprefix: Cyrus renames a
-		// deleted mailbox to <prefix>.<name>.<hex> (delayed delete), and
-		// such a copy never takes mail. Not a YAML key: it is Cyrus's.
-		DeletedPrefix string
-	}
-
-	Lookup struct {
-		Order             []string // as configured
-		Timeout           time.Duration
-		MailboxesDB       string
-		MailboxesDBFormat string
-		ReplicaSocket     string
-		PollInterval      time.Duration
-		ForcePolling      bool
-		Cache             struct {
-			PositiveTTL time.Duration
-			NegativeTTL time.Duration
-			MaxEntries  int
-		}
-		Local  Mupdate
-		Master Mupdate
-	}
-
-	Backends struct {
-		Port           int
-		Addresses      map[string]string
-		AuthName       string
-		Password       string
-		TLSCAFile      string
-		TLSSkipVerify  bool
-		ConnectTimeout time.Duration
-		CommandTimeout time.Duration
-		TxnTimeout     time.Duration
-		IdleTimeout    time.Duration
-		MaxIdle        int
-	}
-
-	// Warnings are problems that do not stop the daemon but that an
-	// operator should hear about (printed by `lmtpgate check`, logged at
-	// start and reload).
+	// Problems will surely fail; Warnings only might. Both are printed by
+	// `lmtpgate check` and logged at start and reload.
+	Problems []Problem
 	Warnings []string
 }
 
 // Order returns the lookup sources in effect: lookup.order without
 // master-mupdate in no-master mode.
-func (c *Config) Order() []string {
-	if c.Mode != ModeNoMaster {
+func (c *Config) Order() []string { return c.orderFor(c.Mode) }
+
+func (c *Config) orderFor(m Mode) []string {
+	if m != ModeNoMaster {
 		return c.Lookup.Order
 	}
 	out := make([]string, 0, len(c.Lookup.Order))
@@ -191,9 +175,6 @@ func (c *Config) Order() []string {
 	}
 	return out
 }
-
-// ModeFile is the path of the `lmtpgate mode` override file.
-func (c *Config) ModeFile() string { return filepath.Join(c.StateDir, "mode") }
 
 // Error is a configuration error that names the key at fault.
 type Error struct {
@@ -209,6 +190,30 @@ func (e *Error) Error() string {
 	return e.File + ": " + e.Key + ": " + e.Msg
 }
 
+// Locate returns control_socket and state_dir from the file at path even
+// when the file as a whole does not load (an unknown key, a bad value):
+// that is exactly when `lmtpgate reload` must still reach the running
+// daemon to report the error, and when `lmtpgate mode` must still find the
+// mode file.
+func Locate(path string) (controlSocket, stateDir string) {
+	var r struct {
+		ControlSocket *string `yaml:"control_socket"`
+		StateDir      *string `yaml:"state_dir"`
+	}
+	controlSocket, stateDir = DefaultControlSocket, DefaultStateDir
+	data, err := os.ReadFile(path)
+	if err != nil || yaml.Unmarshal(data, &r) != nil {
+		return
+	}
+	if r.ControlSocket != nil {
+		controlSocket = *r.ControlSocket
+	}
+	if r.StateDir != nil {
+		stateDir = *r.StateDir
+	}
+	return
+}
+
 // Load reads, completes and validates the configuration at path.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
@@ -221,6 +226,13 @@ func Load(path string) (*Config, error) {
 // Parse is Load on bytes already read. Relative paths inside the file are
 // taken as they are (relative to the daemon's working directory).
 func Parse(path string, data []byte) (*Config, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, &Error{File: path, Msg: cleanYAMLError(err)}
+	}
+	if err := checkKeys(path, &doc); err != nil {
+		return nil, err
+	}
 	var r raw
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -235,18 +247,87 @@ func Parse(path string, data []byte) (*Config, error) {
 	return b.c, nil
 }
 
-// cleanYAMLError turns yaml.v3's "yaml: unmarshal errors:\n  line 3: field
-// foo not found in type config.raw" into something an operator can act on.
+// cleanYAMLError turns yaml.v3's "yaml: unmarshal errors:\n  line 3: cannot
+// unmarshal !!seq into int" into one line.
 func cleanYAMLError(err error) string {
 	s := err.Error()
 	s = strings.TrimPrefix(s, "yaml: unmarshal errors:\n")
+	s = strings.TrimPrefix(s, "yaml: ")
 	s = strings.ReplaceAll(s, "\n ", ";")
-	for _, t := range []string{"config.raw", "config.rawLog", "config.rawLMTP", "config.rawAddress", "config.rawLookup", "config.rawCache", "config.rawMupdate", "config.rawBackends"} {
-		s = strings.ReplaceAll(s, " in type "+t, "")
-	}
-	s = strings.ReplaceAll(s, "field ", "unknown key ")
-	s = strings.ReplaceAll(s, " not found", "")
 	return strings.TrimSpace(s)
+}
+
+// checkKeys refuses a key the parser does not know, by its dotted name and
+// line, with the known key it most resembles.
+func checkKeys(path string, doc *yaml.Node) error {
+	known := map[string]bool{}
+	for _, k := range Keys() {
+		known[k] = true
+	}
+	var walk func(prefix string, n *yaml.Node) error
+	walk = func(prefix string, n *yaml.Node) error {
+		if n.Kind == yaml.DocumentNode {
+			for _, c := range n.Content {
+				if err := walk(prefix, c); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		if n.Kind != yaml.MappingNode {
+			return nil
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := prefix + n.Content[i].Value
+			if known[k] {
+				continue
+			}
+			if isSection(k) {
+				if err := walk(k+".", n.Content[i+1]); err != nil {
+					return err
+				}
+				continue
+			}
+			msg := fmt.Sprintf("line %d: unknown key", n.Content[i].Line)
+			if s := suggest(k, known); s != "" {
+				msg += " (did you mean " + s + "?)"
+			}
+			return &Error{File: path, Key: k, Msg: msg}
+		}
+		return nil
+	}
+	return walk("", doc)
+}
+
+// suggest returns the known key closest to k, if it is close.
+func suggest(k string, known map[string]bool) string {
+	best, bestD := "", 3
+	for c := range known {
+		if d := editDistance(k, c); d < bestD || (d == bestD && c < best) {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // Duration is a YAML duration ("30s", "5m"). A value that does not parse
@@ -277,15 +358,17 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
+// The YAML file's syntax. Every field names, in its cfg tag, the Config
+// field it sets (Value reads it back for the documentation tests).
 type raw struct {
-	Hostname        *string     `yaml:"hostname"`
-	Listen          []string    `yaml:"listen"`
-	ImapdConf       *string     `yaml:"imapd_conf"`
-	Mode            *string     `yaml:"mode"`
-	StateDir        *string     `yaml:"state_dir"`
-	ControlSocket   *string     `yaml:"control_socket"`
-	WatchConfig     *bool       `yaml:"watch_config"`
-	ShutdownTimeout *Duration   `yaml:"shutdown_timeout"`
+	Hostname        *string     `yaml:"hostname" cfg:"Hostname"`
+	Listen          []string    `yaml:"listen" cfg:"Listen"`
+	ImapdConf       *string     `yaml:"imapd_conf" cfg:"ImapdConf"`
+	Mode            *string     `yaml:"mode" cfg:"ConfigMode"`
+	StateDir        *string     `yaml:"state_dir" cfg:"StateDir"`
+	ControlSocket   *string     `yaml:"control_socket" cfg:"ControlSocket"`
+	WatchConfig     *bool       `yaml:"watch_config" cfg:"WatchConfig"`
+	ShutdownTimeout *Duration   `yaml:"shutdown_timeout" cfg:"ShutdownTimeout"`
 	Log             rawLog      `yaml:"log"`
 	LMTP            rawLMTP     `yaml:"lmtp"`
 	Address         rawAddress  `yaml:"address"`
@@ -294,74 +377,86 @@ type raw struct {
 }
 
 type rawLog struct {
-	Level  *string `yaml:"level"`
-	Format *string `yaml:"format"`
+	Level  *string `yaml:"level" cfg:"Log.Level"`
+	Format *string `yaml:"format" cfg:"Log.Format"`
 }
 
 type rawLMTP struct {
-	MaxMessageSize   *int64    `yaml:"max_message_size"`
-	MaxRecipients    *int      `yaml:"max_recipients"`
-	ReadTimeout      *Duration `yaml:"read_timeout"`
-	WriteTimeout     *Duration `yaml:"write_timeout"`
-	SpoolDir         *string   `yaml:"spool_dir"`
-	SpoolMemoryLimit *int64    `yaml:"spool_memory_limit"`
+	MaxMessageSize   *int64    `yaml:"max_message_size" cfg:"LMTP.MaxMessageSize"`
+	MaxRecipients    *int      `yaml:"max_recipients" cfg:"LMTP.MaxRecipients"`
+	MaxConnections   *int      `yaml:"max_connections" cfg:"LMTP.MaxConnections"`
+	ReadTimeout      *Duration `yaml:"read_timeout" cfg:"LMTP.ReadTimeout"`
+	WriteTimeout     *Duration `yaml:"write_timeout" cfg:"LMTP.WriteTimeout"`
+	SpoolDir         *string   `yaml:"spool_dir" cfg:"LMTP.SpoolDir"`
+	SpoolMemoryLimit *int64    `yaml:"spool_memory_limit" cfg:"LMTP.SpoolMemoryLimit"`
+	TrustAuth        []string  `yaml:"trust_auth" cfg:"LMTP.TrustAuth"`
 }
 
 type rawAddress struct {
-	DowncaseRcpt         *bool   `yaml:"downcase_rcpt"`
-	UnixHierarchySep     *bool   `yaml:"unixhierarchysep"`
-	VirtDomains          *string `yaml:"virtdomains"`
-	DefaultDomain        *string `yaml:"defaultdomain"`
-	PostUser             *string `yaml:"postuser"`
-	OverQuotaPermFailure *bool   `yaml:"over_quota_perm_failure"`
+	DowncaseRcpt         *bool   `yaml:"downcase_rcpt" cfg:"Address.Downcase"`
+	UnixHierarchySep     *bool   `yaml:"unixhierarchysep" cfg:"Address.UnixHierarchySep"`
+	VirtDomains          *string `yaml:"virtdomains" cfg:"Address.VirtDomains"`
+	DefaultDomain        *string `yaml:"defaultdomain" cfg:"Address.DefaultDomain"`
+	PostUser             *string `yaml:"postuser" cfg:"Address.PostUser"`
+	OverQuotaPermFailure *bool   `yaml:"over_quota_perm_failure" cfg:"Address.OverQuotaPermFailure"`
 }
 
 type rawCache struct {
-	PositiveTTL *Duration `yaml:"positive_ttl"`
-	NegativeTTL *Duration `yaml:"negative_ttl"`
-	MaxEntries  *int      `yaml:"max_entries"`
+	PositiveTTL *Duration `yaml:"positive_ttl" cfg:"Lookup.Cache.PositiveTTL"`
+	NegativeTTL *Duration `yaml:"negative_ttl" cfg:"Lookup.Cache.NegativeTTL"`
+	MaxEntries  *int      `yaml:"max_entries" cfg:"Lookup.Cache.MaxEntries"`
 }
 
+// rawMupdate is one MUPDATE server block; the cfg tags are relative to
+// the mupdate.Config it fills.
 type rawMupdate struct {
-	Address      *string   `yaml:"address"`
-	AuthName     *string   `yaml:"authname"`
-	AuthzID      *string   `yaml:"authzid"`
-	Password     *string   `yaml:"password"`
-	PasswordFile *string   `yaml:"password_file"`
-	TLS          *string   `yaml:"tls"`
-	DialTimeout  *Duration `yaml:"dial_timeout"`
-	QueryTimeout *Duration `yaml:"query_timeout"`
-	KeepAlive    *Duration `yaml:"keepalive"`
-	BackoffMin   *Duration `yaml:"backoff_min"`
-	BackoffMax   *Duration `yaml:"backoff_max"`
+	Address      *string   `yaml:"address" cfg:"Address"`
+	AuthName     *string   `yaml:"authname" cfg:"AuthName"`
+	AuthzID      *string   `yaml:"authzid" cfg:"AuthzID"`
+	Password     *string   `yaml:"password" cfg:"-"`
+	PasswordFile *string   `yaml:"password_file" cfg:"-"`
+	TLS          *string   `yaml:"tls" cfg:"TLS"`
+	TLSCAFile    *string   `yaml:"tls_ca_file" cfg:"TLSCAFile"`
+	DialTimeout  *Duration `yaml:"dial_timeout" cfg:"DialTimeout"`
+	QueryTimeout *Duration `yaml:"query_timeout" cfg:"QueryTimeout"`
+	KeepAlive    *Duration `yaml:"keepalive" cfg:"KeepAlive"`
+	BackoffMin   *Duration `yaml:"backoff_min" cfg:"BackoffMin"`
+	BackoffMax   *Duration `yaml:"backoff_max" cfg:"BackoffMax"`
 }
 
 type rawLookup struct {
-	Order             []string   `yaml:"order"`
-	Timeout           *Duration  `yaml:"timeout"`
-	MailboxesDB       *string    `yaml:"mailboxes_db"`
-	MailboxesDBFormat *string    `yaml:"mailboxes_db_format"`
-	ReplicaSocket     *string    `yaml:"replica_socket"`
-	PollInterval      *Duration  `yaml:"poll_interval"`
-	ForcePolling      *bool      `yaml:"force_polling"`
+	Order             []string   `yaml:"order" cfg:"Lookup.Order"`
+	Timeout           *Duration  `yaml:"timeout" cfg:"Lookup.Timeout"`
+	MailboxesDB       *string    `yaml:"mailboxes_db" cfg:"Lookup.MailboxesDB.Path"`
+	MailboxesDBFormat *string    `yaml:"mailboxes_db_format" cfg:"Lookup.MailboxesDB.Format"`
+	ReplicaSocket     *string    `yaml:"replica_socket" cfg:"Lookup.MailboxesDB.ReplicaSocket"`
+	PollInterval      *Duration  `yaml:"poll_interval" cfg:"Lookup.MailboxesDB.PollInterval"`
+	ForcePolling      *bool      `yaml:"force_polling" cfg:"Lookup.MailboxesDB.ForcePolling"`
 	Cache             rawCache   `yaml:"cache"`
-	LocalMupdate      rawMupdate `yaml:"local_mupdate"`
-	MasterMupdate     rawMupdate `yaml:"master_mupdate"`
+	LocalMupdate      rawMupdate `yaml:"local_mupdate" cfg:"Lookup.Local"`
+	MasterMupdate     rawMupdate `yaml:"master_mupdate" cfg:"Lookup.Master"`
 }
 
 type rawBackends struct {
-	Port           *int              `yaml:"port"`
-	Addresses      map[string]string `yaml:"addresses"`
-	AuthName       *string           `yaml:"authname"`
-	Password       *string           `yaml:"password"`
-	PasswordFile   *string           `yaml:"password_file"`
-	TLSCAFile      *string           `yaml:"tls_ca_file"`
-	TLSSkipVerify  *bool             `yaml:"tls_skip_verify"`
-	ConnectTimeout *Duration         `yaml:"connect_timeout"`
-	CommandTimeout *Duration         `yaml:"command_timeout"`
-	TxnTimeout     *Duration         `yaml:"txn_timeout"`
-	IdleTimeout    *Duration         `yaml:"idle_timeout"`
-	MaxIdle        *int              `yaml:"max_idle"`
+	Port            *int              `yaml:"port" cfg:"Backends.DefaultPort"`
+	Addresses       map[string]string `yaml:"addresses" cfg:"Backends.Addresses"`
+	AuthName        *string           `yaml:"authname" cfg:"Backends.AuthName"`
+	Password        *string           `yaml:"password" cfg:"-"`
+	PasswordFile    *string           `yaml:"password_file" cfg:"-"`
+	TLSCAFile       *string           `yaml:"tls_ca_file" cfg:"Backends.TLSCAFile"`
+	TLSSkipVerify   *bool             `yaml:"tls_skip_verify" cfg:"Backends.TLSSkipVerify"`
+	RequireTLS      *bool             `yaml:"require_tls" cfg:"Backends.RequireTLS"`
+	AllowedHosts    []string          `yaml:"allowed_hosts" cfg:"Backends.AllowedHosts"`
+	ConnectTimeout  *Duration         `yaml:"connect_timeout" cfg:"Backends.ConnectTimeout"`
+	CommandTimeout  *Duration         `yaml:"command_timeout" cfg:"Backends.CommandTimeout"`
+	TxnTimeout      *Duration         `yaml:"txn_timeout" cfg:"Backends.TxnTimeout"`
+	IdleTimeout     *Duration         `yaml:"idle_timeout" cfg:"Backends.IdleTimeout"`
+	MaxIdle         *int              `yaml:"max_idle" cfg:"Backends.MaxIdle"`
+	MaxTransactions *int              `yaml:"max_transactions" cfg:"Backends.MaxTransactions"`
+	QueueTimeout    *Duration         `yaml:"queue_timeout" cfg:"Backends.QueueTimeout"`
+	BackoffMin      *Duration         `yaml:"backoff_min" cfg:"Backends.BackoffMin"`
+	BackoffMax      *Duration         `yaml:"backoff_max" cfg:"Backends.BackoffMax"`
+	VerifyRcpt      *bool             `yaml:"verify_rcpt" cfg:"Backends.VerifyRcpt"`
 }
 
 type builder struct {
@@ -379,72 +474,94 @@ func (b *builder) warn(format string, args ...any) {
 	b.c.Warnings = append(b.c.Warnings, fmt.Sprintf(format, args...))
 }
 
-// str picks the YAML value, else the imapd.conf option, else def.
-func (b *builder) str(v *string, imapdKey, def string) string {
+func (b *builder) problem(key, format string, args ...any) {
+	b.c.Problems = append(b.c.Problems, Problem{Key: key, Msg: fmt.Sprintf(format, args...)})
+}
+
+// str sets *dst from the YAML value, else the imapd.conf option, and
+// leaves the default otherwise.
+func (b *builder) str(dst *string, v *string, imapdKey string) {
 	if v != nil {
-		return *v
+		*dst = *v
+		return
 	}
 	if imapdKey != "" {
 		if s, ok := b.im.String(imapdKey); ok {
-			return s
+			*dst = s
 		}
 	}
-	return def
 }
 
-func (b *builder) boolean(key string, v *bool, imapdKey string, def bool) bool {
+func (b *builder) boolean(dst *bool, key string, v *bool, imapdKey string) {
 	if v != nil {
-		return *v
+		*dst = *v
+		return
 	}
 	if imapdKey != "" {
 		val, set, err := b.im.Bool(imapdKey)
 		if err != nil {
 			b.fail(key, "%v", err)
-			return def
+			return
 		}
 		if set {
-			return val
+			*dst = val
 		}
 	}
-	return def
 }
 
-func (b *builder) dur(key string, v *Duration, def time.Duration) time.Duration {
+// Rules for numbers and durations: what zero means is each field's own
+// business (its comment says); these refuse what cannot work.
+type rule int
+
+const (
+	nonNegative rule = iota // 0 allowed, and means what the field says
+	positive                // 0 refused
+)
+
+func (b *builder) dur(dst *time.Duration, key string, v *Duration, r rule) {
 	if v == nil {
-		return def
+		return
 	}
 	if v.bad != "" {
 		b.fail(key, "%q is not a duration (e.g. 30s, 5m)", v.bad)
-		return def
+		return
 	}
-	if v.D < 0 {
+	switch {
+	case v.D < 0:
 		b.fail(key, "must not be negative")
-		return def
+	case v.D == 0 && r == positive:
+		b.fail(key, "must be positive")
+	default:
+		*dst = v.D
 	}
-	return v.D
 }
 
-func (b *builder) secret(key string, pw, file *string, imapdKey string) string {
-	if pw != nil && file != nil && *pw != "" && *file != "" {
-		b.fail(key, "set password or password_file, not both")
+func (b *builder) integer(dst *int, key string, v *int, minimum int) {
+	if v == nil {
+		return
 	}
-	if file != nil && *file != "" {
-		data, err := os.ReadFile(*file)
-		if err != nil {
-			b.fail(strings.TrimSuffix(key, "password")+"password_file", "%v", err)
-			return ""
-		}
-		// A password file holds one line; a trailing newline from an
-		// editor is not part of the password.
-		return strings.TrimRight(string(data), "\r\n")
+	if *v < minimum {
+		b.fail(key, "must be at least %d", minimum)
+		return
 	}
-	return b.str(pw, imapdKey, "")
+	*dst = *v
+}
+
+func (b *builder) int64(dst *int64, key string, v *int64) {
+	if v == nil {
+		return
+	}
+	if *v < 0 {
+		b.fail(key, "must not be negative")
+		return
+	}
+	*dst = *v
 }
 
 func (b *builder) build(r *raw) {
 	c := b.c
 	// imapd.conf first: everything else may fall back to it.
-	c.ImapdConf = b.str(r.ImapdConf, "", "")
+	b.str(&c.ImapdConf, r.ImapdConf, "")
 	if c.ImapdConf != "" {
 		im, err := LoadImapdConf(c.ImapdConf)
 		switch {
@@ -458,18 +575,48 @@ func (b *builder) build(r *raw) {
 		b.im = im
 	}
 
-	host, _ := os.Hostname()
-	c.Hostname = b.str(r.Hostname, "servername", host)
+	c.Hostname, _ = os.Hostname()
+	b.str(&c.Hostname, r.Hostname, "servername")
 	if c.Hostname == "" {
 		c.Hostname = "localhost"
 	}
 	if strings.ContainsAny(c.Hostname, " \t\r\n") {
 		b.fail("hostname", "%q contains white space", c.Hostname)
 	}
+	b.buildListen(r.Listen)
 
-	listen := r.Listen
+	c.StateDir, c.ControlSocket = DefaultStateDir, DefaultControlSocket
+	b.str(&c.StateDir, r.StateDir, "")
+	b.str(&c.ControlSocket, r.ControlSocket, "")
+	b.boolean(&c.WatchConfig, "watch_config", r.WatchConfig, "")
+	c.ShutdownTimeout = 30 * time.Second
+	b.dur(&c.ShutdownTimeout, "shutdown_timeout", r.ShutdownTimeout, positive)
+	if c.ShutdownTimeout > MaxShutdownTimeout {
+		b.fail("shutdown_timeout", "%v is longer than %v: the packaged unit's TimeoutStopSec=45s would kill a stop in progress", c.ShutdownTimeout, MaxShutdownTimeout)
+	}
+
+	c.Log = LogConfig{Level: slog.LevelInfo, Format: "auto"}
+	if r.Log.Level != nil {
+		if err := c.Log.Level.UnmarshalText([]byte(*r.Log.Level)); err != nil {
+			b.fail("log.level", "%q: want debug, info, warn or error", *r.Log.Level)
+		}
+	}
+	b.str(&c.Log.Format, r.Log.Format, "")
+	if !slices.Contains([]string{"auto", "journal", "text", "json"}, c.Log.Format) {
+		b.fail("log.format", "%q: want auto, journal, text or json", c.Log.Format)
+	}
+
+	b.parseMode(r.Mode)
+	b.buildLMTP(&r.LMTP)
+	b.buildAddress(&r.Address)
+	b.buildLookup(&r.Lookup)
+	b.buildBackends(&r.Backends)
+	b.applyModeFile()
+}
+
+func (b *builder) buildListen(listen []string) {
 	if listen == nil {
-		listen = []string{"unix:/run/lmtpgate/lmtp.sock"}
+		listen = []string{DefaultListen}
 	}
 	for i, l := range listen {
 		key := fmt.Sprintf("listen[%d]", i)
@@ -488,84 +635,79 @@ func (b *builder) build(r *raw) {
 		default:
 			b.fail(key, "%q: unknown network %q (want tcp or unix)", l, network)
 		}
-		c.Listen = append(c.Listen, Listen{Network: network, Address: addr})
+		b.c.Listen = append(b.c.Listen, Listen{Network: network, Address: addr})
 	}
+}
 
-	modeStr := b.str(r.Mode, "", string(ModeMaster))
-	m, err := ParseMode(modeStr)
-	if err != nil {
-		b.fail("mode", "%v", err)
-	}
-	c.Mode, c.ModeFrom = m, "config"
-	c.StateDir = b.str(r.StateDir, "", DefaultStateDir)
-	if data, err := os.ReadFile(filepath.Join(c.StateDir, "mode")); err == nil {
-		m, err := ParseMode(string(data))
+func (b *builder) parseMode(v *string) {
+	c := b.c
+	c.ConfigMode = ModeMaster
+	if v != nil {
+		m, err := ParseMode(*v)
 		if err != nil {
-			b.fail("state_dir", "%s: %v", filepath.Join(c.StateDir, "mode"), err)
-		} else {
-			c.Mode, c.ModeFrom = m, filepath.Join(c.StateDir, "mode")
+			b.fail("mode", "%v", err)
 		}
-	} else if !errors.Is(err, os.ErrNotExist) {
-		b.fail("state_dir", "%v", err)
+		c.ConfigMode = m
 	}
-	c.ControlSocket = b.str(r.ControlSocket, "", DefaultControlSocket)
-	c.WatchConfig = b.boolean("watch_config", r.WatchConfig, "", false)
-	c.ShutdownTimeout = b.dur("shutdown_timeout", r.ShutdownTimeout, 30*time.Second)
+}
 
-	lvl := b.str(r.Log.Level, "", "info")
-	if err := c.Log.Level.UnmarshalText([]byte(lvl)); err != nil {
-		b.fail("log.level", "%q: want debug, info, warn or error", lvl)
+// applyModeFile decides the mode in force. A mode file that cannot be read,
+// holds garbage, or names a mode the configuration cannot run in is never
+// a reason not to start: the daemon then runs in the configuration's mode
+// and says why loudly (ModeProblem). Only a configuration whose own mode
+// leaves no lookup source is an error.
+func (b *builder) applyModeFile() {
+	c := b.c
+	c.Mode, c.ModeFrom = c.ConfigMode, "config"
+	file := ModeFile(c.StateDir)
+	override, exists, err := ReadModeFile(c.StateDir)
+	switch {
+	case err != nil:
+		c.ModeProblem = fmt.Sprintf("%s is ignored (%v); running in mode %s from the configuration; fix or remove it with `lmtpgate mode clear`", file, err, c.ConfigMode)
+	case exists && len(c.orderFor(override)) == 0 && len(c.Lookup.Order) > 0:
+		c.ModeProblem = fmt.Sprintf("%s says %s, which leaves no lookup source in lookup.order; it is ignored and the daemon runs in mode %s from the configuration; remove it with `lmtpgate mode clear`", file, override, c.ConfigMode)
+	case exists:
+		c.Mode, c.ModeFrom = override, file
+		if override != c.ConfigMode {
+			b.warn("mode: %s overrides mode: %s in the configuration; later edits of mode: have no effect until `lmtpgate mode clear`", file, c.ConfigMode)
+		}
 	}
-	c.Log.Format = b.str(r.Log.Format, "", "auto")
-	if !slices.Contains([]string{"auto", "journal", "text", "json"}, c.Log.Format) {
-		b.fail("log.format", "%q: want auto, journal, text or json", c.Log.Format)
+	if len(c.Order()) == 0 && len(c.Lookup.Order) > 0 {
+		b.fail("mode", "no-master mode leaves no lookup source: add mailboxes-db or local-mupdate to lookup.order")
 	}
-
-	b.buildLMTP(&r.LMTP)
-	b.buildAddress(&r.Address)
-	b.buildLookup(&r.Lookup)
-	b.buildBackends(&r.Backends)
 }
 
 func (b *builder) buildLMTP(r *rawLMTP) {
-	c := b.c
+	l := &b.c.LMTP
+	*l = front.DefaultConfig()
 	if r.MaxMessageSize != nil {
-		c.LMTP.MaxMessageSize = *r.MaxMessageSize
+		b.int64(&l.MaxMessageSize, "lmtp.max_message_size", r.MaxMessageSize)
 	} else if v, set, err := b.im.Int("maxmessagesize"); err != nil {
 		b.fail("lmtp.max_message_size", "%v", err)
-	} else if set {
-		c.LMTP.MaxMessageSize = v
+	} else if set && v >= 0 {
+		l.MaxMessageSize = v
 	}
-	if c.LMTP.MaxMessageSize < 0 {
-		b.fail("lmtp.max_message_size", "must not be negative")
-	}
-	c.LMTP.MaxRecipients = 1000
-	if r.MaxRecipients != nil {
-		c.LMTP.MaxRecipients = *r.MaxRecipients
-	}
-	if c.LMTP.MaxRecipients < 1 {
-		b.fail("lmtp.max_recipients", "must be at least 1")
-	}
-	c.LMTP.ReadTimeout = b.dur("lmtp.read_timeout", r.ReadTimeout, 6*time.Minute)
-	c.LMTP.WriteTimeout = b.dur("lmtp.write_timeout", r.WriteTimeout, time.Minute)
-	c.LMTP.SpoolDir = b.str(r.SpoolDir, "", "")
-	c.LMTP.SpoolMemoryLimit = 1 << 20
-	if r.SpoolMemoryLimit != nil {
-		c.LMTP.SpoolMemoryLimit = *r.SpoolMemoryLimit
-	}
-	if c.LMTP.SpoolMemoryLimit < 0 {
-		b.fail("lmtp.spool_memory_limit", "must not be negative")
+	b.integer(&l.MaxRecipients, "lmtp.max_recipients", r.MaxRecipients, 1)
+	b.integer(&l.MaxConnections, "lmtp.max_connections", r.MaxConnections, 0)
+	b.dur(&l.ReadTimeout, "lmtp.read_timeout", r.ReadTimeout, positive)
+	b.dur(&l.WriteTimeout, "lmtp.write_timeout", r.WriteTimeout, positive)
+	b.str(&l.SpoolDir, r.SpoolDir, "")
+	b.int64(&l.SpoolMemoryLimit, "lmtp.spool_memory_limit", r.SpoolMemoryLimit)
+	if r.TrustAuth != nil {
+		l.TrustAuth = r.TrustAuth
 	}
 }
 
 func (b *builder) buildAddress(r *rawAddress) {
 	a := &b.c.Address
-	a.DowncaseRcpt = b.boolean("address.downcase_rcpt", r.DowncaseRcpt, "lmtp_downcase_rcpt", true)
-	a.UnixHierarchySep = b.boolean("address.unixhierarchysep", r.UnixHierarchySep, "unixhierarchysep", true)
-	a.VirtDomains = strings.ToLower(b.str(r.VirtDomains, "virtdomains", "off"))
+	a.Settings = address.DefaultSettings()
+	a.DeletedPrefix = "DELETED"
+	b.boolean(&a.Downcase, "address.downcase_rcpt", r.DowncaseRcpt, "lmtp_downcase_rcpt")
+	b.boolean(&a.UnixHierarchySep, "address.unixhierarchysep", r.UnixHierarchySep, "unixhierarchysep")
+	b.str(&a.VirtDomains, r.VirtDomains, "virtdomains")
 	// Cyrus accepts the usual boolean spellings for virtdomains too:
 	// "yes"/"on" mean "userid", "no"/"off" mean "off" (lib/imapoptions).
-	switch a.VirtDomains {
+	switch a.VirtDomains = strings.ToLower(a.VirtDomains); a.VirtDomains {
 	case "off", "no", "0", "false":
 		a.VirtDomains = "off"
 	case "userid", "yes", "1", "true":
@@ -574,10 +716,11 @@ func (b *builder) buildAddress(r *rawAddress) {
 	default:
 		b.fail("address.virtdomains", "%q: want off, userid or on", a.VirtDomains)
 	}
-	a.DefaultDomain = strings.ToLower(b.str(r.DefaultDomain, "defaultdomain", "internal"))
-	a.PostUser = b.str(r.PostUser, "postuser", "")
-	a.OverQuotaPermFailure = b.boolean("address.over_quota_perm_failure", r.OverQuotaPermFailure, "lmtp_over_quota_perm_failure", false)
-	a.DeletedPrefix = b.str(nil, "deletedprefix", "DELETED")
+	b.str(&a.DefaultDomain, r.DefaultDomain, "defaultdomain")
+	a.DefaultDomain = strings.ToLower(a.DefaultDomain)
+	b.str(&a.PostUser, r.PostUser, "postuser")
+	b.boolean(&a.OverQuotaPermFailure, "address.over_quota_perm_failure", r.OverQuotaPermFailure, "lmtp_over_quota_perm_failure")
+	b.str(&a.DeletedPrefix, nil, "deletedprefix")
 }
 
 func (b *builder) buildLookup(r *rawLookup) {
@@ -590,133 +733,139 @@ func (b *builder) buildLookup(r *rawLookup) {
 		b.fail("lookup.order", "must name at least one source")
 	}
 	for i, s := range l.Order {
-		if !slices.Contains([]string{SourceMailboxesDB, SourceLocalMupdate, SourceMasterMupdate}, s) {
+		if !slices.Contains(Sources, s) {
 			b.fail(fmt.Sprintf("lookup.order[%d]", i), "unknown source %q (want mailboxes-db, local-mupdate or master-mupdate)", s)
 		}
 		if slices.Index(l.Order, s) != i {
 			b.fail(fmt.Sprintf("lookup.order[%d]", i), "source %q listed twice", s)
 		}
 	}
-	l.Timeout = b.dur("lookup.timeout", r.Timeout, 5*time.Second)
-	if l.Timeout == 0 {
-		b.fail("lookup.timeout", "must be positive")
-	}
+	l.Timeout = 10 * time.Second
+	b.dur(&l.Timeout, "lookup.timeout", r.Timeout, positive)
 
-	l.MailboxesDB = b.str(r.MailboxesDB, "mboxlist_db_path", "")
-	if l.MailboxesDB == "" {
-		if dir, ok := b.im.String("configdirectory"); ok && dir != "" {
-			l.MailboxesDB = filepath.Join(dir, "mailboxes.db")
+	db := &l.MailboxesDB
+	*db = mboxlist.DefaultConfig()
+	configDir, _ := b.im.String("configdirectory")
+	if configDir != "" {
+		db.Path = filepath.Join(configDir, "mailboxes.db")
+		// Cyrus's lmtpd pokes the local mupdate replica through this
+		// socket before it declares a mailbox unknown (imap/lmtpd.c,
+		// the kick of <configdirectory>/socket/mupdate.target).
+		db.ReplicaSocket = filepath.Join(configDir, "socket", "mupdate.target")
+	}
+	b.str(&db.Path, r.MailboxesDB, "mboxlist_db_path")
+	b.str(&db.ReplicaSocket, r.ReplicaSocket, "")
+	if r.MailboxesDBFormat != nil {
+		f, err := cyrusdb.ParseFormat(*r.MailboxesDBFormat)
+		if err != nil {
+			b.fail("lookup.mailboxes_db_format", "%q: want auto, twoskip, skiplist or flat", *r.MailboxesDBFormat)
 		}
+		db.Format = f
 	}
-	// Cyrus's lmtpd pokes the local mupdate replica through this socket
-	// before it declares a mailbox unknown (cyrus-interop §10.7).
-	l.ReplicaSocket = b.str(r.ReplicaSocket, "", "")
-	if r.ReplicaSocket == nil {
-		if dir, ok := b.im.String("configdirectory"); ok && dir != "" {
-			l.ReplicaSocket = filepath.Join(dir, "socket", "mupdate.target")
-		}
-	}
-	l.MailboxesDBFormat = b.str(r.MailboxesDBFormat, "", "auto")
-	if !slices.Contains([]string{"auto", "twoskip", "skiplist", "flat"}, l.MailboxesDBFormat) {
-		b.fail("lookup.mailboxes_db_format", "%q: want auto, twoskip, skiplist or flat", l.MailboxesDBFormat)
-	}
-	if slices.Contains(l.Order, SourceMailboxesDB) && l.MailboxesDB == "" {
+	if slices.Contains(l.Order, SourceMailboxesDB) && db.Path == "" {
 		b.fail("lookup.mailboxes_db", "required when mailboxes-db is in lookup.order (or set imapd_conf to an imapd.conf with configdirectory)")
 	}
-	l.PollInterval = b.dur("lookup.poll_interval", r.PollInterval, time.Second)
-	if l.PollInterval == 0 {
-		b.fail("lookup.poll_interval", "must be positive")
-	}
-	l.ForcePolling = b.boolean("lookup.force_polling", r.ForcePolling, "", false)
-	l.Cache.PositiveTTL = b.dur("lookup.cache.positive_ttl", r.Cache.PositiveTTL, 30*time.Second)
-	l.Cache.NegativeTTL = b.dur("lookup.cache.negative_ttl", r.Cache.NegativeTTL, 5*time.Second)
-	l.Cache.MaxEntries = 100000
-	if r.Cache.MaxEntries != nil {
-		l.Cache.MaxEntries = *r.Cache.MaxEntries
-	}
-	if l.Cache.MaxEntries < 0 {
-		b.fail("lookup.cache.max_entries", "must not be negative")
-	}
+	b.dur(&db.PollInterval, "lookup.poll_interval", r.PollInterval, positive)
+	b.boolean(&db.ForcePolling, "lookup.force_polling", r.ForcePolling, "")
+
+	l.Cache = lookup.DefaultCacheConfig()
+	b.dur(&l.Cache.PositiveTTL, "lookup.cache.positive_ttl", r.Cache.PositiveTTL, nonNegative)
+	b.dur(&l.Cache.NegativeTTL, "lookup.cache.negative_ttl", r.Cache.NegativeTTL, nonNegative)
+	b.integer(&l.Cache.MaxEntries, "lookup.cache.max_entries", r.Cache.MaxEntries, 0)
 
 	// The master's settings come from imapd.conf's mupdate_* options, as
 	// Cyrus's own frontend services use them.
-	l.Master = b.mupdate("lookup.master_mupdate", &r.MasterMupdate, Mupdate{
-		Address:  b.str(nil, "mupdate_server", ""),
-		AuthName: b.str(nil, "mupdate_authname", ""),
-		AuthzID:  b.str(nil, "mupdate_username", ""),
-		Password: b.str(nil, "mupdate_password", ""),
-	})
+	master := mupdate.DefaultConfig()
+	b.str(&master.Address, nil, "mupdate_server")
+	b.str(&master.AuthName, nil, "mupdate_authname")
+	b.str(&master.AuthzID, nil, "mupdate_username")
+	b.str(&master.Password, nil, "mupdate_password")
+	l.Master = b.mupdate("lookup.master_mupdate", &r.MasterMupdate, master, slices.Contains(l.Order, SourceMasterMupdate))
 	// The local replica accepts only imapd.conf admins; the master's
 	// identity is usually one, so it is the default.
-	l.Local = b.mupdate("lookup.local_mupdate", &r.LocalMupdate, Mupdate{
-		Address:  "127.0.0.1:3905",
-		AuthName: l.Master.AuthName,
-		AuthzID:  l.Master.AuthzID,
-		Password: l.Master.Password,
-	})
+	local := mupdate.DefaultConfig()
+	local.Address = "127.0.0.1:3905"
+	local.AuthName, local.AuthzID, local.Password = l.Master.AuthName, l.Master.AuthzID, l.Master.Password
+	l.Local = b.mupdate("lookup.local_mupdate", &r.LocalMupdate, local, slices.Contains(l.Order, SourceLocalMupdate))
 	if slices.Contains(l.Order, SourceMasterMupdate) && l.Master.Address == "" {
 		b.fail("lookup.master_mupdate.address", "required when master-mupdate is in lookup.order (or set mupdate_server in imapd.conf)")
 	}
-	if len(b.c.Order()) == 0 && len(l.Order) > 0 {
-		b.fail("mode", "no-master mode leaves no lookup source: add mailboxes-db or local-mupdate to lookup.order")
+	if slices.Contains(l.Order, SourceLocalMupdate) && slices.Contains(l.Order, SourceMasterMupdate) && sameHostPort(l.Local.Address, l.Master.Address) {
+		b.problem("lookup.local_mupdate.address", "%s is the master's own address: no-master mode would still reach the master through local-mupdate; point it at the frontend's own mupdate replica", l.Local.Address)
 	}
 }
 
-// mupdate resolves one MUPDATE server block; def carries the imapd.conf
-// fallbacks. A Cyrus mupdate_server may be "host", "host:port" or carry
-// "/tls" or "/noauth" suffixes.
-func (b *builder) mupdate(key string, r *rawMupdate, def Mupdate) Mupdate {
-	m := Mupdate{}
-	addr := b.str(r.Address, "", def.Address)
-	tlsMode := "none"
-	if i := strings.IndexByte(addr, '/'); i >= 0 {
-		for _, flag := range strings.Split(addr[i+1:], "/") {
+// mupdate resolves one MUPDATE server block over def, which carries the
+// defaults and imapd.conf fallbacks. A Cyrus mupdate_server may be "host",
+// "host:port" or carry "/tls" or "/noauth" suffixes.
+func (b *builder) mupdate(key string, r *rawMupdate, def mupdate.Config, used bool) mupdate.Config {
+	m := def
+	b.str(&m.Address, r.Address, "")
+	if i := strings.IndexByte(m.Address, '/'); i >= 0 {
+		for _, flag := range strings.Split(m.Address[i+1:], "/") {
 			switch flag {
 			case "tls":
-				tlsMode = "starttls"
+				m.TLS = "starttls"
 			case "noauth":
 			default:
-				b.fail(key+".address", "%q: unknown flag /%s", addr, flag)
+				b.fail(key+".address", "%q: unknown flag /%s", m.Address, flag)
 			}
 		}
-		addr = addr[:i]
+		m.Address = m.Address[:i]
 	}
-	if addr != "" {
-		if _, _, err := net.SplitHostPort(addr); err != nil {
+	if m.Address != "" {
+		if _, _, err := net.SplitHostPort(m.Address); err != nil {
 			// Cyrus's default MUPDATE port when the server string has none.
-			addr = net.JoinHostPort(strings.Trim(addr, "[]"), "3905")
+			m.Address = net.JoinHostPort(strings.Trim(m.Address, "[]"), "3905")
 		}
 	}
-	m.Address = addr
-	m.AuthName = b.str(r.AuthName, "", def.AuthName)
-	m.AuthzID = b.str(r.AuthzID, "", def.AuthzID)
-	m.Password = b.secret(key+".password", r.Password, r.PasswordFile, "")
-	if r.Password == nil && (r.PasswordFile == nil || *r.PasswordFile == "") {
-		m.Password = def.Password
+	b.str(&m.AuthName, r.AuthName, "")
+	b.str(&m.AuthzID, r.AuthzID, "")
+	if pw, set := b.secret(key+".password", r.Password, r.PasswordFile, used); set {
+		m.Password = pw
 	}
-	m.TLS = b.str(r.TLS, "", tlsMode)
+	b.str(&m.TLS, r.TLS, "")
 	if !slices.Contains([]string{"none", "starttls", "tls"}, m.TLS) {
 		b.fail(key+".tls", "%q: want none, starttls or tls", m.TLS)
 	}
-	m.DialTimeout = b.dur(key+".dial_timeout", r.DialTimeout, 5*time.Second)
-	m.QueryTimeout = b.dur(key+".query_timeout", r.QueryTimeout, 5*time.Second)
-	m.KeepAlive = b.dur(key+".keepalive", r.KeepAlive, 60*time.Second)
-	m.BackoffMin = b.dur(key+".backoff_min", r.BackoffMin, time.Second)
-	m.BackoffMax = b.dur(key+".backoff_max", r.BackoffMax, 30*time.Second)
+	b.str(&m.TLSCAFile, r.TLSCAFile, "")
+	b.dur(&m.DialTimeout, key+".dial_timeout", r.DialTimeout, positive)
+	b.dur(&m.QueryTimeout, key+".query_timeout", r.QueryTimeout, positive)
+	b.dur(&m.KeepAlive, key+".keepalive", r.KeepAlive, nonNegative)
+	b.dur(&m.BackoffMin, key+".backoff_min", r.BackoffMin, positive)
+	b.dur(&m.BackoffMax, key+".backoff_max", r.BackoffMax, positive)
 	if m.BackoffMax < m.BackoffMin {
 		b.fail(key+".backoff_max", "must not be less than backoff_min")
+	}
+	if !used {
+		return m
+	}
+	if m.TLSCAFile != "" {
+		if err := m.Validate(); err != nil && strings.Contains(err.Error(), "TLSCAFile") {
+			b.fail(key+".tls_ca_file", "%v", err)
+		}
+	}
+	if budget := m.Budget(); budget >= b.c.Lookup.Timeout {
+		// Otherwise a server that hangs is ended by the caller's
+		// deadline before the client's own timeouts can see it.
+		b.fail("lookup.timeout", "%v is not longer than %s's dial_timeout + 2 x query_timeout (%v): a hung server would not be noticed", b.c.Lookup.Timeout, key, budget)
+	}
+	if m.AuthName != "" && m.Password == "" {
+		b.problem(key+".password", "empty: the MUPDATE server will refuse the login of %q; set %s.password_file (or mupdate_password in imapd.conf)", m.AuthName, key)
+	}
+	if m.AuthName != "" && m.TLS == "none" && !isLoopbackAddr(m.Address) {
+		b.warn("%s: the password for %q goes to %s in clear text; set %s.tls: starttls (or a \"/tls\" mupdate_server)", key, m.AuthName, m.Address, key)
 	}
 	return m
 }
 
 func (b *builder) buildBackends(r *rawBackends) {
 	be := &b.c.Backends
-	be.Port = 2003
-	if r.Port != nil {
-		be.Port = *r.Port
-	}
-	if be.Port < 1 || be.Port > 65535 {
-		b.fail("backends.port", "%d is not a port", be.Port)
+	*be = backend.DefaultConfig()
+	be.HeloName = b.c.Hostname
+	b.integer(&be.DefaultPort, "backends.port", r.Port, 1)
+	if be.DefaultPort > 65535 {
+		b.fail("backends.port", "%d is not a port", be.DefaultPort)
 	}
 	be.Addresses = map[string]string{}
 	for name, a := range r.Addresses {
@@ -725,33 +874,142 @@ func (b *builder) buildBackends(r *rawBackends) {
 		}
 		be.Addresses[name] = a
 	}
-	be.AuthName = b.str(r.AuthName, "proxy_authname", "proxy")
-	be.Password = b.secret("backends.password", r.Password, r.PasswordFile, "proxy_password")
+	b.str(&be.AuthName, r.AuthName, "proxy_authname")
+	if pw, set := b.secret("backends.password", r.Password, r.PasswordFile, true); set {
+		be.Password = pw
+	} else {
+		b.str(&be.Password, nil, "proxy_password")
+	}
 	if be.AuthName != "" && be.Password == "" {
-		b.warn("backends.password is empty: backends that require AUTH (Cyrus lmtpd over TCP) will refuse deliveries; set backends.password_file or proxy_password in imapd.conf")
+		b.problem("backends.password", "empty: backends that require AUTH (Cyrus lmtpd over TCP) will refuse every delivery; put the password of %q in backends.password_file, or proxy_password in imapd.conf", be.AuthName)
 	}
-	be.TLSCAFile = b.str(r.TLSCAFile, "", "")
-	be.TLSSkipVerify = b.boolean("backends.tls_skip_verify", r.TLSSkipVerify, "", false)
-	be.ConnectTimeout = b.dur("backends.connect_timeout", r.ConnectTimeout, 10*time.Second)
-	be.CommandTimeout = b.dur("backends.command_timeout", r.CommandTimeout, time.Minute)
-	be.TxnTimeout = b.dur("backends.txn_timeout", r.TxnTimeout, 5*time.Minute)
-	be.IdleTimeout = b.dur("backends.idle_timeout", r.IdleTimeout, 5*time.Minute)
-	// As many as an MTA typically runs LMTP connections at once (Postfix's
-	// default_destination_concurrency_limit): fewer means re-dialling and
-	// re-authenticating under load.
-	be.MaxIdle = 20
-	if r.MaxIdle != nil {
-		be.MaxIdle = *r.MaxIdle
+	b.str(&be.TLSCAFile, r.TLSCAFile, "")
+	b.boolean(&be.TLSSkipVerify, "backends.tls_skip_verify", r.TLSSkipVerify, "")
+	if be.TLSSkipVerify {
+		b.warn("backends.tls_skip_verify is on: backend certificates are not checked at all, so TLS protects nothing against an attacker on the path")
 	}
-	if be.MaxIdle < 0 {
-		b.fail("backends.max_idle", "must not be negative")
+	b.boolean(&be.RequireTLS, "backends.require_tls", r.RequireTLS, "")
+	if r.AllowedHosts != nil {
+		be.AllowedHosts = r.AllowedHosts
 	}
-	for _, k := range []struct {
-		key string
-		d   time.Duration
-	}{{"backends.connect_timeout", be.ConnectTimeout}, {"backends.command_timeout", be.CommandTimeout}, {"backends.txn_timeout", be.TxnTimeout}} {
-		if k.d == 0 {
-			b.fail(k.key, "must be positive")
+	b.dur(&be.ConnectTimeout, "backends.connect_timeout", r.ConnectTimeout, positive)
+	b.dur(&be.CommandTimeout, "backends.command_timeout", r.CommandTimeout, positive)
+	b.dur(&be.TxnTimeout, "backends.txn_timeout", r.TxnTimeout, positive)
+	b.dur(&be.IdleTimeout, "backends.idle_timeout", r.IdleTimeout, positive)
+	b.integer(&be.MaxIdle, "backends.max_idle", r.MaxIdle, 0)
+	b.integer(&be.MaxTransactions, "backends.max_transactions", r.MaxTransactions, 0)
+	b.dur(&be.QueueTimeout, "backends.queue_timeout", r.QueueTimeout, nonNegative)
+	b.dur(&be.BackoffMin, "backends.backoff_min", r.BackoffMin, positive)
+	b.dur(&be.BackoffMax, "backends.backoff_max", r.BackoffMax, positive)
+	if be.BackoffMax < be.BackoffMin {
+		b.fail("backends.backoff_max", "must not be less than backoff_min")
+	}
+	b.boolean(&be.VerifyRcpt, "backends.verify_rcpt", r.VerifyRcpt, "")
+	if err := be.Validate(); err != nil {
+		key := "backends"
+		switch {
+		case strings.HasPrefix(err.Error(), "TLSCAFile"):
+			key = "backends.tls_ca_file"
+		case strings.HasPrefix(err.Error(), "AllowedHosts"):
+			key = "backends.allowed_hosts"
+		}
+		b.fail(key, "%v", err)
+	}
+	if !be.RequireTLS && be.AuthName != "" && len(be.Addresses) > 0 {
+		for name, a := range be.Addresses {
+			if host, _, err := net.SplitHostPort(a); err == nil && !isLoopbackHost(host) && !strings.HasSuffix(name, "/tls") {
+				b.warn("backends.addresses.%s: the proxy password goes to %s in clear text unless its server string ends in /tls; consider backends.require_tls", name, a)
+			}
 		}
 	}
+}
+
+// secret returns a password from password or password_file, and whether
+// either was set. A password file is read from systemd's credentials
+// directory when the unit passed it there (LoadCredential=, named after the
+// file), so the file itself can stay readable by root alone.
+func (b *builder) secret(key string, pw, file *string, used bool) (string, bool) {
+	fileKey := strings.TrimSuffix(key, "password") + "password_file"
+	if pw != nil && file != nil && *pw != "" && *file != "" {
+		b.fail(key, "set password or password_file, not both")
+	}
+	if file != nil && *file != "" {
+		if b.c.SecretFiles == nil {
+			b.c.SecretFiles = map[string]string{}
+		}
+		b.c.SecretFiles[fileKey] = *file
+		data, from, err := readSecret(*file)
+		if err != nil {
+			if used {
+				b.fail(fileKey, "%v", err)
+			}
+			return "", true
+		}
+		if from == *file && used {
+			b.checkSecretMode(fileKey, *file)
+		}
+		// A password file holds one line; a trailing newline from an
+		// editor is not part of the password.
+		return strings.TrimRight(string(data), "\r\n"), true
+	}
+	if pw != nil && *pw != "" {
+		return *pw, true
+	}
+	return "", false
+}
+
+// readSecret reads a password file, from $CREDENTIALS_DIRECTORY when the
+// service manager put a credential of the file's name there.
+func readSecret(path string) ([]byte, string, error) {
+	if dir := os.Getenv("CREDENTIALS_DIRECTORY"); dir != "" {
+		cred := filepath.Join(dir, filepath.Base(path))
+		if data, err := os.ReadFile(cred); err == nil {
+			return data, cred, nil
+		}
+	}
+	data, err := os.ReadFile(path)
+	return data, path, err
+}
+
+// checkSecretMode warns about a password file that others can read.
+func (b *builder) checkSecretMode(key, path string) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return
+	}
+	switch perm := fi.Mode().Perm(); {
+	case perm&0o004 != 0:
+		b.warn("%s: %s is readable by every user (mode %04o): chmod 0600 it (the packaged unit passes it to the daemon with LoadCredential=)", key, path, perm)
+	case perm&0o040 != 0:
+		b.warn("%s: %s is readable by its group (mode %04o): every member, an MTA added to that group included, can read the password; chmod 0600 it (the packaged unit passes it to the daemon with LoadCredential=)", key, path, perm)
+	}
+}
+
+func sameHostPort(a, b string) bool {
+	ha, pa, err1 := net.SplitHostPort(a)
+	hb, pb, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil || pa != pb {
+		return false
+	}
+	if strings.EqualFold(ha, hb) {
+		return true
+	}
+	ia, ib := net.ParseIP(ha), net.ParseIP(hb)
+	return ia != nil && ib != nil && ia.Equal(ib)
+}
+
+func isLoopbackAddr(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		host = hostport
+	}
+	return isLoopbackHost(host)
+}
+
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(strings.Trim(host, "[]"))
+	return ip != nil && ip.IsLoopback()
 }

@@ -83,8 +83,8 @@ maxmessagesize: 1048576
 		got, want any
 	}{
 		{"hostname", c.Hostname, "fe1.example.org"},
-		{"mailboxes_db", c.Lookup.MailboxesDB, "/var/lib/cyrus/mailboxes.db"},
-		{"replica_socket", c.Lookup.ReplicaSocket, "/var/lib/cyrus/socket/mupdate.target"},
+		{"mailboxes_db", c.Lookup.MailboxesDB.Path, "/var/lib/cyrus/mailboxes.db"},
+		{"replica_socket", c.Lookup.MailboxesDB.ReplicaSocket, "/var/lib/cyrus/socket/mupdate.target"},
 		{"deletedprefix default", c.Address.DeletedPrefix, "DELETED"},
 		{"master address", c.Lookup.Master.Address, "mupdate.example.org:3905"},
 		{"master authname", c.Lookup.Master.AuthName, "mupduser"},
@@ -93,7 +93,7 @@ maxmessagesize: 1048576
 		{"local address", c.Lookup.Local.Address, "127.0.0.1:3905"},
 		{"backend authname", c.Backends.AuthName, "mailproxy"},
 		{"backend password", c.Backends.Password, "proxypw"},
-		{"downcase", c.Address.DowncaseRcpt, false},
+		{"downcase", c.Address.Downcase, false},
 		{"unixhierarchysep", c.Address.UnixHierarchySep, false},
 		{"virtdomains", c.Address.VirtDomains, "userid"},
 		{"defaultdomain", c.Address.DefaultDomain, "example.org"},
@@ -106,8 +106,10 @@ maxmessagesize: 1048576
 			t.Errorf("%s = %v, want %v", ck.name, ck.got, ck.want)
 		}
 	}
-	if len(c.Warnings) != 0 {
-		t.Errorf("unexpected warnings %v", c.Warnings)
+	// The only warning: the master's password would cross the network in
+	// clear (no /tls on mupdate_server).
+	if len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], "in clear text") {
+		t.Errorf("warnings %v, want the clear-text one", c.Warnings)
 	}
 }
 
@@ -129,7 +131,7 @@ backends:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Lookup.MailboxesDB != "/srv/mailboxes.db" || c.Backends.Password != "fromfile" ||
+	if c.Lookup.MailboxesDB.Path != "/srv/mailboxes.db" || c.Backends.Password != "fromfile" ||
 		c.Lookup.Master.Address != "m:1234" || c.Lookup.Master.TLS != "starttls" ||
 		c.Lookup.Master.AuthName != "other" || c.Lookup.Master.Password != "secret" ||
 		c.Lookup.Master.QueryTimeout != 2*time.Second || c.Backends.Addresses["backend1"] != "10.1.0.11:2003" {
@@ -155,9 +157,39 @@ func TestModeStateFileOverridesAndOrder(t *testing.T) {
 	if c.Mode != ModeNoMaster || c.ModeFrom != filepath.Join(dir, "mode") || strings.Join(c.Order(), ",") != "mailboxes-db" {
 		t.Fatalf("mode %s from %s order %v", c.Mode, c.ModeFrom, c.Order())
 	}
+	// A damaged mode file never stops the daemon: the configuration's
+	// mode is used and the problem is reported.
 	writeFile(t, dir, "mode", "sideways\n")
-	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "sideways") {
-		t.Fatalf("bad state file accepted: %v", err)
+	c, err = Load(p)
+	if err != nil {
+		t.Fatalf("a damaged mode file made the configuration unloadable: %v", err)
+	}
+	if c.Mode != ModeMaster || c.ModeFrom != "config" || !strings.Contains(c.ModeProblem, "sideways") {
+		t.Fatalf("damaged mode file: mode %s from %s, problem %q", c.Mode, c.ModeFrom, c.ModeProblem)
+	}
+}
+
+// A mode file that names a mode the configuration cannot run in (no-master
+// with only master-mupdate) is ignored with a reason, so that a restart
+// (an upgrade restarts the service) still comes up.
+func TestModeFileThatLeavesNoSourceIsIgnored(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "c.yaml", "state_dir: "+dir+"\nlookup:\n  order: [master-mupdate]\n  master_mupdate: {address: 'm:3905'}\n")
+	if err := WriteModeFile(dir, ModeNoMaster); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(p)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if c.Mode != ModeMaster || !strings.Contains(c.ModeProblem, "leaves no lookup source") {
+		t.Fatalf("mode %s, problem %q", c.Mode, c.ModeProblem)
+	}
+	if err := ClearModeFile(dir); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := Load(p); err != nil || c.ModeProblem != "" || c.ModeFrom != "config" {
+		t.Fatalf("after clear: %+v, %v", c, err)
 	}
 }
 
@@ -168,8 +200,8 @@ func TestMissingBackendPasswordWarns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], "backends.password") {
-		t.Fatalf("warnings = %v", c.Warnings)
+	if len(c.Problems) != 1 || c.Problems[0].Key != "backends.password" {
+		t.Fatalf("problems = %v", c.Problems)
 	}
 }
 

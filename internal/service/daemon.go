@@ -3,7 +3,8 @@
 // builds the routing state, serves LMTP, and handles the lifecycle that
 // systemd sees — READY, STATUS, RELOADING and STOPPING notifications, the
 // watchdog, SIGHUP reloads that keep the old state when the new
-// configuration is broken, and a graceful stop on SIGTERM.
+// configuration is broken, and a graceful stop on SIGTERM within
+// shutdown_timeout.
 package service
 
 import (
@@ -26,6 +27,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/lmtpgate/lmtpgate/internal/config"
+	"github.com/lmtpgate/lmtpgate/internal/control"
 	"github.com/lmtpgate/lmtpgate/internal/front"
 	"github.com/lmtpgate/lmtpgate/internal/journal"
 	"github.com/lmtpgate/lmtpgate/internal/sdnotify"
@@ -33,15 +35,21 @@ import (
 
 // Daemon is one running lmtpgate.
 type Daemon struct {
-	path    string
-	version string
-	log     *slog.Logger
-	level   *slog.LevelVar
-	notify  *sdnotify.Notifier
-	holder  *front.Holder
-	srv     *front.Server
-	cur     atomic.Pointer[state]
-	started time.Time
+	path     string
+	version  string
+	log      *slog.Logger
+	closeLog func()
+	level    *slog.LevelVar
+	notify   *sdnotify.Notifier
+	holder   *front.Holder // the one holder of the live snapshot
+	srv      *front.Server
+	started  time.Time
+
+	sigs      chan os.Signal
+	listeners []net.Listener
+	ctl       net.Listener
+	lost      chan error
+	cfgEvents <-chan struct{}
 
 	mu            sync.Mutex // serialises reloads
 	lastReload    time.Time
@@ -55,84 +63,112 @@ type Daemon struct {
 // SIGTERM/SIGINT arrives. It returns an error only if it could not start
 // (or lost every listener); reload failures are logged and survived.
 func Serve(ctx context.Context, path, version string, stderr io.Writer) error {
-	cfg, err := config.Load(path)
+	d, err := start(ctx, path, version, stderr)
 	if err != nil {
 		return err
+	}
+	defer d.closeLog()
+	err = d.loop(ctx)
+	d.stop()
+	return err
+}
+
+// current returns the live snapshot, without holding it.
+func (d *Daemon) current() *state { return stateOf(d.holder.Current()) }
+
+// start loads the configuration, opens the listeners, builds the routing
+// state and begins serving; it returns once READY has been sent.
+func start(ctx context.Context, path, version string, stderr io.Writer) (*Daemon, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, err
 	}
 	level := new(slog.LevelVar)
 	level.Set(cfg.Log.Level)
 	log, closeLog, err := newLogger(cfg.Log.Format, level, stderr)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer closeLog()
-	d := &Daemon{path: path, version: version, log: log, level: level, notify: sdnotify.New(), started: time.Now()}
-	for _, w := range cfg.Warnings {
-		log.Warn("configuration: " + w)
+	d := &Daemon{path: path, version: version, log: log, closeLog: closeLog, level: level, notify: sdnotify.New(), started: time.Now()}
+	fail := func(err error) (*Daemon, error) {
+		// At priority err, so that `journalctl -p err` shows why the
+		// service does not start.
+		log.Error("lmtpgate cannot start", "err", err.Error())
+		closeLog()
+		return nil, err
 	}
+	d.logConfigNotes(cfg)
 
 	// Signals first, so a SIGHUP during start-up is not fatal.
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
+	d.sigs = make(chan os.Signal, 4)
+	signal.Notify(d.sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 
-	listeners, activated, err := openListeners(cfg)
+	ls, err := openListeners(cfg, log)
 	if err != nil {
-		return err
+		signal.Stop(d.sigs)
+		return fail(err)
 	}
-
 	st, err := build(ctx, cfg, nil, log)
 	if err != nil {
-		closeAll(listeners)
-		return err
+		closeAll(ls)
+		signal.Stop(d.sigs)
+		return fail(err)
 	}
-	d.cur.Store(st)
 	d.holder = front.NewHolder(st.rt)
-	d.srv = front.New(front.Options{
-		Hostname:        cfg.Hostname,
-		MaxMessageBytes: cfg.LMTP.MaxMessageSize,
-		MaxRecipients:   cfg.LMTP.MaxRecipients,
-		ReadTimeout:     cfg.LMTP.ReadTimeout,
-		WriteTimeout:    cfg.LMTP.WriteTimeout,
-		Log:             log,
-	}, d.holder)
+	d.srv = front.New(front.Options{Hostname: cfg.Hostname, Config: cfg.LMTP, Log: log}, d.holder)
 
-	var ctl net.Listener
 	if cfg.ControlSocket != "" {
-		if ctl, err = listenControl(cfg.ControlSocket); err != nil {
+		if d.ctl, err = control.Listen(cfg.ControlSocket); err != nil {
 			log.Warn("control socket unavailable: lmtpgate reload/status/resolve will not reach this daemon", "path", cfg.ControlSocket, "err", err.Error())
 		} else {
-			go d.serveControl(ctl)
+			go control.Serve(d.ctl, log, d.handleControl)
 		}
 	}
 
-	lost := make(chan error, len(listeners))
-	for _, l := range listeners {
+	d.lost = make(chan error, len(ls))
+	var names []string
+	for _, l := range ls {
+		d.listeners = append(d.listeners, l.Listener)
+		names = append(names, l.addr)
 		d.serving.Add(1)
 		go func() {
-			err := d.srv.Serve(l)
+			err := d.srv.Serve(l.Listener, cfg.LMTP.Trusts(l.name, l.addr))
 			d.serving.Add(-1)
 			if !d.stopping.Load() {
-				lost <- fmt.Errorf("listener %s: %v", l.Addr(), err)
+				d.lost <- fmt.Errorf("listener %s: %v", l.addr, err)
 			}
 		}()
 	}
-	names := make([]string, len(listeners))
-	for i, l := range listeners {
-		names[i] = l.Addr().Network() + ":" + l.Addr().String()
-	}
-	log.Info("lmtpgate started", "version", version, "mode", string(cfg.Mode), "order", fmt.Sprint(cfg.Order()), "listen", fmt.Sprint(names), "socket_activated", activated)
+	log.Info("lmtpgate started", "version", version, "mode", string(cfg.Mode), "order", fmt.Sprint(cfg.Order()), "listen", fmt.Sprint(names), "socket_activated", ls[0].activated)
 
 	// READY once the routing state is usable: a source that can answer,
 	// or, if none can yet, after a bounded wait (the daemon then answers
 	// 451 and says so in STATUS rather than keeping systemd waiting).
 	d.waitUsable(ctx, 5*time.Second)
-	d.notify.Ready(d.Status().Line())
-
-	var cfgEvents <-chan struct{}
+	d.notify.Ready(statusLine(d.Status()))
 	if cfg.WatchConfig {
-		cfgEvents = d.watchConfig(ctx, cfg)
+		d.cfgEvents = d.watchConfig(ctx, cfg)
 	}
+	return d, nil
+}
+
+// logConfigNotes logs what the configuration says is wrong or risky.
+func (d *Daemon) logConfigNotes(cfg *config.Config) {
+	for _, p := range cfg.Problems {
+		d.log.Error("configuration: "+p.String(), "key", p.Key)
+	}
+	if cfg.ModeProblem != "" {
+		d.log.Error("mode file ignored: "+cfg.ModeProblem, "mode", string(cfg.Mode))
+	}
+	for _, w := range cfg.Warnings {
+		d.log.Warn("configuration: " + w)
+	}
+}
+
+// loop serves until ctx ends, SIGTERM or SIGINT arrives, or every listener
+// is lost; it reloads on SIGHUP and feeds the watchdog.
+func (d *Daemon) loop(ctx context.Context) error {
+	defer signal.Stop(d.sigs)
 	var wd <-chan time.Time
 	if iv := d.notify.WatchdogInterval(); iv > 0 {
 		t := time.NewTicker(iv)
@@ -141,62 +177,72 @@ func Serve(ctx context.Context, path, version string, stderr io.Writer) error {
 	}
 	statusTick := time.NewTicker(10 * time.Second)
 	defer statusTick.Stop()
-
-	var runErr error
-loop:
 	for {
 		select {
 		case <-ctx.Done():
-			break loop
-		case sig := <-sigs:
+			return nil
+		case sig := <-d.sigs:
 			if sig == syscall.SIGHUP {
 				d.reload("SIGHUP")
 				continue
 			}
-			log.Info("stopping", "signal", sig.String())
-			break loop
-		case <-cfgEvents:
-			if d.cur.Load().cfg.WatchConfig {
+			d.log.Info("stopping", "signal", sig.String())
+			return nil
+		case <-d.cfgEvents:
+			if d.current().cfg.WatchConfig {
 				d.reload("configuration file changed")
 			}
 		case <-wd:
 			// Fed from the main loop, and only while every listener
 			// still accepts: a daemon that cannot take mail must be
 			// restarted, not kept alive.
-			if int(d.serving.Load()) == len(listeners) {
+			if int(d.serving.Load()) == len(d.listeners) {
 				d.notify.Watchdog()
 			}
 		case <-statusTick.C:
-			d.notify.Status(d.Status().Line())
-		case err := <-lost:
-			log.Error("lost a listener", "err", err.Error())
+			d.notify.Status(statusLine(d.Status()))
+		case err := <-d.lost:
+			d.log.Error("lost a listener", "err", err.Error())
 			if d.serving.Load() == 0 {
-				runErr = errors.New("no listener left")
-				break loop
+				return errors.New("no listener left")
 			}
 		}
 	}
+}
 
+// stop ends the daemon within shutdown_timeout: the front end's graceful
+// stop takes the whole budget (its grace period included), then the
+// sources and connections are closed with a short bound of their own.
+func (d *Daemon) stop() {
 	d.stopping.Store(true)
-	cur := d.cur.Load()
+	cur := d.current()
 	d.notify.Stopping("stopping: finishing transactions in progress")
 	sctx, cancel := context.WithTimeout(context.Background(), cur.cfg.ShutdownTimeout)
-	d.srv.Shutdown(sctx, 10*time.Second)
+	d.srv.Shutdown(sctx)
 	cancel()
-	if ctl != nil {
-		ctl.Close()
+	if d.ctl != nil {
+		d.ctl.Close()
 		os.Remove(cur.cfg.ControlSocket)
 	}
-	retire(cur, nil)
-	st2 := d.srv.Stats()
-	log.Info("lmtpgate stopped", "delivered", st2.Delivered, "deferred", st2.TempFailed, "rejected", st2.PermFailed)
-	return runErr
+	done := make(chan struct{})
+	go func() {
+		retire(cur, nil)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		// A backend that does not answer QUIT is not worth a kill by
+		// systemd.
+	}
+	s := d.srv.Stats()
+	d.log.Info("lmtpgate stopped", "delivered", s.Delivered, "deferred", s.Deferred, "rejected", s.Rejected)
 }
 
 func (d *Daemon) waitUsable(ctx context.Context, max time.Duration) {
 	deadline := time.Now().Add(max)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		for _, s := range d.Status().Sources {
+		for _, s := range sourceStatuses(d.current()) {
 			if s.Healthy {
 				return
 			}
@@ -213,7 +259,7 @@ func (d *Daemon) reload(why string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.notify.Reloading("reloading configuration (" + why + ")")
-	old := d.cur.Load()
+	old := d.current()
 	err := d.doReload(old)
 	if err != nil {
 		d.lastReloadErr = err.Error()
@@ -223,7 +269,7 @@ func (d *Daemon) reload(why string) error {
 	}
 	d.lastReload = time.Now()
 	// d.mu is held: Status would lock it again and hang the daemon.
-	d.notify.Ready(d.status(d.lastReload, d.lastReloadErr).Line())
+	d.notify.Ready(statusLine(d.status(d.lastReload, d.lastReloadErr)))
 	return err
 }
 
@@ -232,9 +278,7 @@ func (d *Daemon) doReload(old *state) error {
 	if err != nil {
 		return err
 	}
-	for _, w := range cfg.Warnings {
-		d.log.Warn("configuration: " + w)
-	}
+	d.logConfigNotes(cfg)
 	for _, f := range restartOnly(old.cfg, cfg) {
 		d.log.Warn("setting changed; it takes effect at the next restart", "key", f)
 	}
@@ -242,9 +286,7 @@ func (d *Daemon) doReload(old *state) error {
 	if err != nil {
 		return err
 	}
-	old.rt.OnRetired = func() { retire(old, st) }
-	d.holder.Swap(st.rt)
-	d.cur.Store(st)
+	d.holder.Swap(st.rt, func() { retire(old, st) })
 	d.level.Set(cfg.Log.Level)
 	if old.cfg.Mode != cfg.Mode {
 		d.log.Warn("mode changed", "from", string(old.cfg.Mode), "mode", string(cfg.Mode), "order", fmt.Sprint(cfg.Order()), "mode_from", cfg.ModeFrom)
@@ -264,8 +306,10 @@ func restartOnly(a, b *config.Config) []string {
 	if a.Hostname != b.Hostname {
 		out = append(out, "hostname")
 	}
-	if a.LMTP.MaxMessageSize != b.LMTP.MaxMessageSize || a.LMTP.MaxRecipients != b.LMTP.MaxRecipients ||
-		a.LMTP.ReadTimeout != b.LMTP.ReadTimeout || a.LMTP.WriteTimeout != b.LMTP.WriteTimeout {
+	la, lb := a.LMTP, b.LMTP
+	// The spool settings are read per message.
+	la.SpoolDir, la.SpoolMemoryLimit, lb.SpoolDir, lb.SpoolMemoryLimit = "", 0, "", 0
+	if !reflect.DeepEqual(la, lb) {
 		out = append(out, "lmtp")
 	}
 	if a.ControlSocket != b.ControlSocket {
@@ -281,7 +325,7 @@ func restartOnly(a, b *config.Config) []string {
 }
 
 // Status reports the daemon's current state.
-func (d *Daemon) Status() Status {
+func (d *Daemon) Status() control.Status {
 	d.mu.Lock()
 	lr, lre := d.lastReload, d.lastReloadErr
 	d.mu.Unlock()
@@ -289,74 +333,119 @@ func (d *Daemon) Status() Status {
 }
 
 // status is Status with the reload outcome given, for callers that hold d.mu.
-func (d *Daemon) status(lr time.Time, lre string) Status {
-	st := d.cur.Load()
-	s := Status{
+func (d *Daemon) status(lr time.Time, lre string) control.Status {
+	st := d.current()
+	s := control.Status{
 		Version:         d.version,
 		Config:          d.path,
 		Mode:            string(st.cfg.Mode),
 		ModeFrom:        st.cfg.ModeFrom,
+		ConfigMode:      string(st.cfg.ConfigMode),
+		ModeProblem:     st.cfg.ModeProblem,
 		Order:           st.cfg.Order(),
 		Started:         d.started,
 		LastReload:      lr,
 		LastReloadError: lre,
+		Sources:         sourceStatuses(st),
+		Backends:        st.pool.Health(),
+	}
+	for _, p := range st.cfg.Problems {
+		s.Problems = append(s.Problems, p.String())
 	}
 	if d.srv != nil {
 		s.Stats = d.srv.Stats()
 	}
-	now := time.Now()
-	for _, name := range st.cfg.Order() {
-		s.Sources = append(s.Sources, sourceStatus(st, name, now))
-	}
 	return s
+}
+
+func (d *Daemon) handleControl(req control.Request) control.Response {
+	switch req.Cmd {
+	case "reload":
+		if err := d.reload("control socket"); err != nil {
+			return control.Response{Error: err.Error()}
+		}
+		st := d.Status()
+		return control.Response{OK: true, Message: "reloaded; mode " + st.Mode, Status: &st}
+	case "status":
+		st := d.Status()
+		return control.Response{OK: true, Status: &st}
+	case "resolve":
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		rt, release := d.holder.Acquire()
+		defer release()
+		var out []control.ResolveResult
+		for _, a := range req.Args {
+			out = append(out, Resolve(ctx, rt, a))
+		}
+		return control.Response{OK: true, Resolved: out}
+	}
+	return control.UnknownCommand(req.Cmd)
+}
+
+// namedListener is a listening socket with what identifies it for
+// lmtp.trust_auth: its systemd name, if any, and its address as
+// "unix:/path" or "tcp:host:port".
+type namedListener struct {
+	net.Listener
+	name, addr string
+	activated  bool
 }
 
 // openListeners takes systemd's sockets when socket-activated, else binds
 // the configured ones.
-func openListeners(cfg *config.Config) (ls []net.Listener, activated bool, err error) {
+func openListeners(cfg *config.Config, log *slog.Logger) ([]namedListener, error) {
+	var ls []namedListener
 	if os.Getenv("LISTEN_FDS") != "" {
-		all, err := activation.Listeners()
+		byName, err := activation.ListenersWithNames()
 		if err != nil {
-			return nil, false, fmt.Errorf("socket activation: %w", err)
+			return nil, fmt.Errorf("socket activation: %w", err)
 		}
-		for _, l := range all {
-			if l != nil {
-				ls = append(ls, l)
+		for name, list := range byName {
+			for _, l := range list {
+				if l != nil {
+					ls = append(ls, namedListener{Listener: l, name: name, addr: l.Addr().Network() + ":" + l.Addr().String(), activated: true})
+				}
 			}
 		}
 		if len(ls) == 0 {
-			return nil, false, errors.New("socket activation: no stream socket among the passed descriptors")
+			return nil, errors.New("socket activation: no stream socket among the passed descriptors")
 		}
-		return ls, true, nil
+		return ls, nil
 	}
 	for _, li := range cfg.Listen {
 		var l net.Listener
+		var err error
 		if li.Network == "unix" {
 			if fi, err := os.Lstat(li.Address); err == nil && fi.Mode()&os.ModeSocket != 0 {
 				os.Remove(li.Address)
 			}
 			l, err = net.Listen("unix", li.Address)
 			if err == nil {
-				// The MTA's LMTP client (Postfix's lmtp runs as postfix,
-				// usually in group mail) must be able to connect.
-				os.Chmod(li.Address, 0o660)
+				// Only the MTA's group may connect: LMTP carries no
+				// authentication.
+				if cerr := os.Chmod(li.Address, 0o660); cerr != nil {
+					log.Warn("cannot set the LMTP socket's mode to 0660; the MTA may be refused", "path", li.Address, "err", cerr.Error())
+				}
 			}
 		} else {
 			l, err = net.Listen(li.Network, li.Address)
 		}
 		if err != nil {
-			closeAll(ls)
-			return nil, false, fmt.Errorf("listen %s: %w", li, err)
+			for _, x := range ls {
+				x.Close()
+			}
+			return nil, fmt.Errorf("listen %s: %w", li, err)
 		}
-		ls = append(ls, l)
+		ls = append(ls, namedListener{Listener: l, addr: li.String()})
 	}
 	if len(ls) == 0 {
-		return nil, false, errors.New("no listener configured (listen is empty and the daemon was not socket-activated)")
+		return nil, errors.New("no listener configured (listen is empty and the daemon was not socket-activated)")
 	}
-	return ls, false, nil
+	return ls, nil
 }
 
-func closeAll(ls []net.Listener) {
+func closeAll(ls []namedListener) {
 	for _, l := range ls {
 		l.Close()
 	}
@@ -420,6 +509,7 @@ func newLogger(format string, level *slog.LevelVar, stderr io.Writer) (*slog.Log
 			format = "journal"
 		}
 	}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: journal.ReplaceLevel}
 	switch format {
 	case "journal":
 		sock := os.Getenv("LMTPGATE_JOURNAL_SOCKET")
@@ -429,7 +519,7 @@ func newLogger(format string, level *slog.LevelVar, stderr io.Writer) (*slog.Log
 		}
 		return slog.New(h), func() { h.Close() }, nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})), func() {}, nil
+		return slog.New(slog.NewJSONHandler(stderr, opts)), func() {}, nil
 	}
-	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})), func() {}, nil
+	return slog.New(slog.NewTextHandler(stderr, opts)), func() {}, nil
 }

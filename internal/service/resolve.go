@@ -5,51 +5,45 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"time"
 
+	"github.com/lmtpgate/lmtpgate/internal/backend"
 	"github.com/lmtpgate/lmtpgate/internal/config"
-
+	"github.com/lmtpgate/lmtpgate/internal/control"
 	"github.com/lmtpgate/lmtpgate/internal/front"
 	"github.com/lmtpgate/lmtpgate/internal/lookup"
 )
 
-// ResolveResult is what `lmtpgate resolve` prints for one address.
-type ResolveResult struct {
-	Address string         `json:"address"`
-	Mailbox string         `json:"mailbox,omitempty"`
-	Forward string         `json:"forward,omitempty"`
-	Server  string         `json:"server,omitempty"`
-	Source  string         `json:"source,omitempty"`
-	Verdict string         `json:"verdict"` // what the MTA would hear at RCPT
-	Error   string         `json:"error,omitempty"`
-	Trace   []TraceAnswer  `json:"trace,omitempty"`
-	Sources []SourceStatus `json:"sources,omitempty"`
-}
-
-// TraceAnswer is one source's answer.
-type TraceAnswer struct {
-	Source string `json:"source"`
-	Answer string `json:"answer"`
-	Micros int64  `json:"us"`
-}
-
 // Resolve answers for one address the way an RCPT would be answered, with
-// every source's answer and time, and the health of each source.
-func Resolve(ctx context.Context, rt *front.Runtime, st *state, addr string) ResolveResult {
+// every source's answer and time, the health of each source and of the
+// backend chosen. It reads one snapshot: rt and the sources it holds.
+func Resolve(ctx context.Context, rt *front.Runtime, addr string) control.ResolveResult {
+	st := stateOf(rt)
 	v := front.Check(ctx, rt, addr, "", true)
-	r := ResolveResult{
+	r := control.ResolveResult{
 		Address: addr,
 		Mailbox: v.Recipient.Mailbox,
 		Forward: v.Recipient.Forward,
 		Server:  v.Result.Entry.Server,
 		Source:  v.Result.Source,
+		Code:    250,
 		Verdict: "250 accepted",
 	}
+	if v.Reply == nil && r.Server != "" {
+		if err := st.pool.Available(r.Server); err != nil {
+			r.Code, r.Verdict, r.Error = 451, "451 4.4.3 Server(s) unavailable to complete operation", err.Error()
+		}
+	}
 	if v.Reply != nil {
-		r.Verdict = fmt.Sprintf("%d %d.%d.%d %s", v.Reply.Code, v.Reply.EnhancedCode[0], v.Reply.EnhancedCode[1], v.Reply.EnhancedCode[2], v.Reply.Message)
+		r.Code = v.Reply.Code
+		r.Verdict = backend.FormatReply(v.Reply)
 	}
 	if v.Err != nil {
 		r.Error = v.Err.Error()
+	}
+	for _, h := range st.pool.Health() {
+		if h.Server == r.Server {
+			r.Backend = backendLine(h)
+		}
 	}
 	for _, a := range v.Result.Trace {
 		ans := ""
@@ -61,28 +55,32 @@ func Resolve(ctx context.Context, rt *front.Runtime, st *state, addr string) Res
 		default:
 			ans = "failed: " + a.Err.Error()
 		}
-		r.Trace = append(r.Trace, TraceAnswer{Source: a.Source, Answer: ans, Micros: a.Dur.Microseconds()})
+		r.Trace = append(r.Trace, control.TraceAnswer{Source: a.Source, Answer: ans, Micros: a.Dur.Microseconds()})
 	}
-	if st != nil {
-		now := time.Now()
-		for _, name := range st.cfg.Order() {
-			r.Sources = append(r.Sources, sourceStatus(st, name, now))
-		}
-	}
+	r.Sources = sourceStatuses(st)
 	return r
 }
 
+// backendLine is a backend's health in words.
+func backendLine(h backend.Health) string {
+	if h.Up {
+		return fmt.Sprintf("up, %d in flight, %d idle", h.InFlight, h.Idle)
+	}
+	return fmt.Sprintf("DOWN since %s (%s); next try %s", h.Since.Format("15:04:05"), h.LastError, h.RetryAt.Format("15:04:05"))
+}
+
 // ResolveLocal builds the routing state for cfg in this process, answers
-// for addrs and tears it down: `lmtpgate resolve` when no daemon runs.
-func ResolveLocal(ctx context.Context, cfg *config.Config, addrs []string, log *slog.Logger) ([]ResolveResult, error) {
+// for addrs and tears it down: `lmtpgate resolve --local`, or when no daemon
+// runs.
+func ResolveLocal(ctx context.Context, cfg *config.Config, addrs []string, log *slog.Logger) ([]control.ResolveResult, error) {
 	st, err := build(ctx, cfg, nil, log)
 	if err != nil {
 		return nil, err
 	}
 	defer retire(st, nil)
-	var out []ResolveResult
+	var out []control.ResolveResult
 	for _, a := range addrs {
-		out = append(out, Resolve(ctx, st.rt, st, a))
+		out = append(out, Resolve(ctx, st.rt, a))
 	}
 	return out, nil
 }

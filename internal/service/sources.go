@@ -2,18 +2,13 @@ package service
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"reflect"
 
-	"github.com/lmtpgate/lmtpgate/internal/address"
 	"github.com/lmtpgate/lmtpgate/internal/backend"
 	"github.com/lmtpgate/lmtpgate/internal/config"
-	"github.com/lmtpgate/lmtpgate/internal/cyrusdb"
+	"github.com/lmtpgate/lmtpgate/internal/control"
 	"github.com/lmtpgate/lmtpgate/internal/front"
 	"github.com/lmtpgate/lmtpgate/internal/lookup"
 	"github.com/lmtpgate/lmtpgate/internal/mboxlist"
@@ -27,45 +22,30 @@ type closer interface{ Close() error }
 // part is one long-lived piece of a routing state (a source or the backend
 // pool) together with the settings it was built from, so that a reload can
 // keep it when its settings did not change: the mailboxes.db index is not
-// re-read and MUPDATE connections are not dropped for an unrelated edit.
+// re-read and MUPDATE or backend connections are not dropped for an
+// unrelated edit. The settings are the packages' own Config values.
 type part struct {
 	key any
 	obj closer
 }
 
-// state is one configuration snapshot made live.
+// state is one configuration snapshot made live. It hangs off the
+// Runtime it built (Runtime.Ext), so the daemon has one holder for all
+// that is live and a reader never mixes two snapshots.
 type state struct {
 	cfg   *config.Config
 	rt    *front.Runtime
+	pool  *backend.Pool
 	parts map[string]part // by source name, and "backends"
 }
 
-// sourceOf returns the lookup source named name in st, unwrapping the cache.
-func (st *state) source(name string) lookup.Source {
-	p, ok := st.parts[name]
-	if !ok {
-		return nil
-	}
-	s, _ := p.obj.(lookup.Source)
-	return s
-}
+// stateOf returns the snapshot a Runtime belongs to.
+func stateOf(rt *front.Runtime) *state { return rt.Ext.(*state) }
 
-type mailboxesDBKey struct {
-	path    string
-	format  string
-	poll    string
-	force   bool
-	replica string
-}
-
+// mupdateKey is what a MUPDATE source is built from.
 type mupdateKey struct {
-	m     config.Mupdate
-	cache any
-}
-
-type backendsKey struct {
-	b        any
-	hostname string
+	m     mupdate.Config
+	cache lookup.CacheConfig
 }
 
 // build makes the routing state for cfg, taking over from prev every part
@@ -95,7 +75,7 @@ func build(ctx context.Context, cfg *config.Config, prev *state, log *slog.Logge
 		var key any
 		switch name {
 		case config.SourceMailboxesDB:
-			key = mailboxesDBKey{cfg.Lookup.MailboxesDB, cfg.Lookup.MailboxesDBFormat, cfg.Lookup.PollInterval.String(), cfg.Lookup.ForcePolling, cfg.Lookup.ReplicaSocket}
+			key = cfg.Lookup.MailboxesDB
 		case config.SourceLocalMupdate:
 			key = mupdateKey{cfg.Lookup.Local, cfg.Lookup.Cache}
 		case config.SourceMasterMupdate:
@@ -104,8 +84,7 @@ func build(ctx context.Context, cfg *config.Config, prev *state, log *slog.Logge
 		obj, ok := reuse(name, key)
 		if !ok {
 			var err error
-			obj, err = newSource(ctx, cfg, name, log)
-			if err != nil {
+			if obj, err = newSource(ctx, cfg, name, log); err != nil {
 				return fail(err)
 			}
 			created = append(created, obj)
@@ -114,33 +93,25 @@ func build(ctx context.Context, cfg *config.Config, prev *state, log *slog.Logge
 		sources = append(sources, obj.(lookup.Source))
 	}
 
-	bkey := backendsKey{cfg.Backends, cfg.Hostname}
-	pool, ok := reuse("backends", bkey)
+	obj, ok := reuse("backends", cfg.Backends)
 	if !ok {
-		bc, err := backendConfig(cfg)
-		if err != nil {
-			return fail(err)
-		}
-		pool = backend.NewPool(bc, log)
-		created = append(created, pool)
+		obj = backend.NewPool(cfg.Backends, log)
+		created = append(created, obj)
 	}
-	st.parts["backends"] = part{key: bkey, obj: pool}
+	st.parts["backends"] = part{key: cfg.Backends, obj: obj}
+	st.pool = obj.(*backend.Pool)
 
 	st.rt = &front.Runtime{
-		Mode: string(cfg.Mode),
-		Address: address.Settings{
-			UnixHierarchySep: cfg.Address.UnixHierarchySep,
-			VirtDomains:      cfg.Address.VirtDomains,
-			DefaultDomain:    cfg.Address.DefaultDomain,
-			PostUser:         cfg.Address.PostUser,
-			Downcase:         cfg.Address.DowncaseRcpt,
-		},
+		Mode:                 string(cfg.Mode),
+		Address:              cfg.Address.Settings,
 		Chain:                lookup.NewChain(cfg.Lookup.Timeout, sources...),
-		Deliver:              pool.(front.Deliverer),
+		Backends:             st.pool,
+		VerifyRcpt:           cfg.Backends.VerifyRcpt,
 		OverQuotaPermFailure: cfg.Address.OverQuotaPermFailure,
 		DeletedPrefix:        cfg.Address.DeletedPrefix,
 		SpoolMemoryLimit:     cfg.LMTP.SpoolMemoryLimit,
 		SpoolDir:             cfg.LMTP.SpoolDir,
+		Ext:                  st,
 	}
 	return st, nil
 }
@@ -148,22 +119,12 @@ func build(ctx context.Context, cfg *config.Config, prev *state, log *slog.Logge
 func newSource(ctx context.Context, cfg *config.Config, name string, log *slog.Logger) (closer, error) {
 	switch name {
 	case config.SourceMailboxesDB:
-		f, err := cyrusdb.ParseFormat(cfg.Lookup.MailboxesDBFormat)
-		if err != nil {
-			return nil, err
-		}
-		db := mboxlist.New(mboxlist.Config{
-			Path:          cfg.Lookup.MailboxesDB,
-			Format:        f,
-			PollInterval:  cfg.Lookup.PollInterval,
-			ForcePolling:  cfg.Lookup.ForcePolling,
-			ReplicaSocket: cfg.Lookup.ReplicaSocket,
-		}, log)
+		db := mboxlist.New(cfg.Lookup.MailboxesDB, log)
 		// A missing or damaged file is not a reason to refuse to run:
 		// the source answers "unavailable" (never "not found") until a
 		// good file appears, and the watcher keeps looking.
 		if err := db.Start(context.WithoutCancel(ctx)); err != nil {
-			log.Error("mailboxes.db not usable yet", "source", name, "path", cfg.Lookup.MailboxesDB, "err", err.Error())
+			log.Error("mailboxes.db not usable yet", "source", name, "path", cfg.Lookup.MailboxesDB.Path, "err", err.Error())
 		}
 		return db, nil
 	case config.SourceLocalMupdate, config.SourceMasterMupdate:
@@ -171,19 +132,8 @@ func newSource(ctx context.Context, cfg *config.Config, name string, log *slog.L
 		if name == config.SourceMasterMupdate {
 			m = cfg.Lookup.Master
 		}
-		c := mupdate.New(name, mupdate.Config{
-			Address:      m.Address,
-			AuthName:     m.AuthName,
-			AuthzID:      m.AuthzID,
-			Password:     m.Password,
-			TLS:          m.TLS,
-			DialTimeout:  m.DialTimeout,
-			QueryTimeout: m.QueryTimeout,
-			KeepAlive:    m.KeepAlive,
-			BackoffMin:   m.BackoffMin,
-			BackoffMax:   m.BackoffMax,
-		}, log)
-		return &cachedMupdate{Cache: lookup.NewCache(c, cfg.Lookup.Cache.PositiveTTL, cfg.Lookup.Cache.NegativeTTL, cfg.Lookup.Cache.MaxEntries), client: c}, nil
+		c := mupdate.New(name, m, log)
+		return &cachedMupdate{Cache: lookup.NewCache(c, cfg.Lookup.Cache), client: c}, nil
 	}
 	return nil, fmt.Errorf("unknown lookup source %q", name)
 }
@@ -196,36 +146,6 @@ type cachedMupdate struct {
 
 func (c *cachedMupdate) Close() error { return c.client.Close() }
 
-func backendConfig(cfg *config.Config) (backend.Config, error) {
-	b := cfg.Backends
-	bc := backend.Config{
-		DefaultPort:    b.Port,
-		Addresses:      b.Addresses,
-		HeloName:       cfg.Hostname,
-		AuthName:       b.AuthName,
-		Password:       b.Password,
-		ConnectTimeout: b.ConnectTimeout,
-		CommandTimeout: b.CommandTimeout,
-		TxnTimeout:     b.TxnTimeout,
-		IdleTimeout:    b.IdleTimeout,
-		MaxIdle:        b.MaxIdle,
-	}
-	tc := &tls.Config{InsecureSkipVerify: b.TLSSkipVerify} // #nosec G402 -- operator's explicit choice
-	if b.TLSCAFile != "" {
-		pem, err := os.ReadFile(b.TLSCAFile)
-		if err != nil {
-			return bc, fmt.Errorf("backends.tls_ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return bc, errors.New("backends.tls_ca_file: no certificate in " + b.TLSCAFile)
-		}
-		tc.RootCAs = pool
-	}
-	bc.TLSConfig = tc
-	return bc, nil
-}
-
 // retire closes the parts of old that next did not take over.
 func retire(old, next *state) {
 	for name, p := range old.parts {
@@ -236,4 +156,27 @@ func retire(old, next *state) {
 		}
 		p.obj.Close()
 	}
+}
+
+// sourceStatus is one source's health in st.
+func sourceStatus(st *state, name string) control.SourceStatus {
+	ss := control.SourceStatus{Name: name}
+	p, ok := st.parts[name]
+	if !ok {
+		ss.Detail = "not configured"
+		return ss
+	}
+	if hr, ok := p.obj.(lookup.HealthReporter); ok {
+		ss.Health = hr.Health()
+	}
+	return ss
+}
+
+// sourceStatuses is every source of st in order.
+func sourceStatuses(st *state) []control.SourceStatus {
+	var out []control.SourceStatus
+	for _, name := range st.cfg.Order() {
+		out = append(out, sourceStatus(st, name))
+	}
+	return out
 }

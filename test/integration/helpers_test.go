@@ -186,7 +186,7 @@ next:
 // log lines for rcpt, in order.
 func deliveredBy(d *testbin.Daemon, rcpt string) []string {
 	var out []string
-	for _, ln := range logLines(d, "msg=delivered", " rcpt="+rcpt+" ") {
+	for _, ln := range logLines(d, `msg="delivered `, " rcpt="+rcpt+" ") {
 		src := "?"
 		if _, v, ok := strings.Cut(ln, " source="); ok {
 			src, _, _ = strings.Cut(v, " ")

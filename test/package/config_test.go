@@ -52,16 +52,16 @@ func TestShippedConfigLoads(t *testing.T) {
 		got, want any
 	}{
 		{"lookup.order", strings.Join(c.Lookup.Order, ","), "mailboxes-db"},
-		{"lookup.mailboxes_db", c.Lookup.MailboxesDB, "/var/lib/cyrus/mailboxes.db"},
+		{"lookup.mailboxes_db", c.Lookup.MailboxesDB.Path, "/var/lib/cyrus/mailboxes.db"},
 		{"mode", c.Mode, config.ModeMaster},
 		// Debian's imapd.conf says "unixhierarchysep: no"; the shipped
 		// file must not override it.
 		{"address.unixhierarchysep", c.Address.UnixHierarchySep, false},
-		{"address.downcase_rcpt", c.Address.DowncaseRcpt, true},
+		{"address.downcase_rcpt", c.Address.Downcase, true},
 		{"address.virtdomains", c.Address.VirtDomains, "off"},
 		{"address.defaultdomain", c.Address.DefaultDomain, "internal"},
 		{"backends.authname", c.Backends.AuthName, "proxy"},
-		{"backends.port", c.Backends.Port, 2003},
+		{"backends.port", c.Backends.DefaultPort, 2003},
 		{"lookup.local_mupdate.address", c.Lookup.Local.Address, "127.0.0.1:3905"},
 		{"listen", len(c.Listen), 1},
 		{"control_socket", c.ControlSocket, "/run/lmtpgate/control.sock"},

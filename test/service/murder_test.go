@@ -45,10 +45,10 @@ backends:
 `, l.FrontendImapdConf(), r.Addr(), cr.Mupdate, cr.MupdatePassword, backoffMin, cr.Proxy, cr.ProxyPassword))
 
 	fromMaster := func() int {
-		return len(logLines(d.Output(), `msg=delivered`, `source=master-mupdate`))
+		return len(logLines(d.Output(), `msg="delivered `, `source=master-mupdate`))
 	}
 	mustDeliver(t, "tcp", d.LMTP, "alice@example.org")
-	if waitLogLines(d, 1, `msg=delivered`, `source=master-mupdate`) != 1 {
+	if waitLogLines(d, 1, `msg="delivered `, `source=master-mupdate`) != 1 {
 		t.Fatalf("with the master up, the delivery was not routed by it:\n%s", d.Output())
 	}
 
@@ -70,7 +70,7 @@ backends:
 	if attempts > limit || attempts >= n {
 		t.Errorf("%d connection attempts to the stopped master for %d deliveries, want at most %d", attempts, n, limit)
 	}
-	if got := waitLogLines(d, n, `msg=delivered`, `source=mailboxes-db`); got != n {
+	if got := waitLogLines(d, n, `msg="delivered `, `source=mailboxes-db`); got != n {
 		t.Errorf("%d deliveries routed by mailboxes-db while the master was down, want %d", got, n)
 	}
 	if got := strings.Count(d.Output(), "mupdate server unreachable"); got != 1 {

@@ -68,7 +68,7 @@ func TestModeSwitchDuringTransaction(t *testing.T) {
 	if c2, f2 := f.master.Connections(), f.master.Finds(); c2 != conns || f2 != finds {
 		t.Errorf("no-master mode: master saw %d new connections and %d new FINDs, want 0", c2-conns, f2-finds)
 	}
-	if n := waitLogLines(d, 9, `msg=delivered`, `mode=no-master`, `source=mailboxes-db`); n != 9 {
+	if n := waitLogLines(d, 9, `msg="delivered `, `mode=no-master`, `source=mailboxes-db`); n != 9 {
 		t.Errorf("%d deliveries routed by mailboxes-db in no-master mode, want 9", n)
 	}
 

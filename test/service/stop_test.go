@@ -88,7 +88,7 @@ func TestGracefulStop(t *testing.T) {
 
 	t.Run("idle", func(t *testing.T) {
 		nl := systemdtest.ListenNotify(t, t.TempDir())
-		d := testbin.Start(t, f.config("order: [master-mupdate]", "shutdown_timeout: 10m"), env("NOTIFY_SOCKET="+nl.Path())...)
+		d := testbin.Start(t, f.config("order: [master-mupdate]", "shutdown_timeout: 40s"), env("NOTIFY_SOCKET="+nl.Path())...)
 		mustDeliver(t, "tcp", d.LMTP, "alice@example.org")
 		conn, err := net.Dial("tcp", d.LMTP)
 		if err != nil {
@@ -144,7 +144,7 @@ func TestJournal(t *testing.T) {
 		t.Fatalf("no journal entry for the delivery: %v", err)
 	}
 	want := map[string]string{
-		"MESSAGE": "delivered", "PRIORITY": "6", "LMTPGATE_RCPT": "alice@example.org",
+		"MESSAGE": "delivered alice@example.org → user.alice on be1", "PRIORITY": "6", "LMTPGATE_RCPT": "alice@example.org",
 		"LMTPGATE_MAILBOX": "user.alice", "LMTPGATE_BACKEND": "be1", "LMTPGATE_SOURCE": "master-mupdate",
 		"LMTPGATE_CODE": "250", "SYSLOG_IDENTIFIER": "lmtpgate",
 	}
