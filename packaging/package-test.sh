@@ -106,8 +106,9 @@ installed=1
 DEBIAN_FRONTEND=noninteractive dpkg -i "$deb"
 [ -x /usr/sbin/lmtpgate ] || fail "binary not installed"
 getent passwd cyrus >/dev/null || fail "user cyrus missing after install"
+getent group lmtpgate >/dev/null || fail "group lmtpgate (the LMTP socket's) missing after install"
 for f in /etc/lmtpgate/proxy.pw /etc/lmtpgate/mupdate.pw; do
-	[ "$(stat -c '%a %U:%G %s' "$f")" = "640 root:mail 0" ] || fail "$f: $(stat -c '%a %U:%G %s' "$f")"
+	[ "$(stat -c '%a %U:%G %s' "$f")" = "600 root:root 0" ] || fail "$f: $(stat -c '%a %U:%G %s' "$f")"
 done
 [ "$(stat -c '%a %U:%G' /etc/lmtpgate)" = "750 root:mail" ] || fail "/etc/lmtpgate mode"
 [ -L /etc/systemd/system/sockets.target.wants/lmtpgate.socket ] || fail "lmtpgate.socket not enabled"
@@ -115,8 +116,21 @@ done
 step "units (installed)"
 packaging/verify-units.sh --installed
 
-step "lmtpgate check on the shipped configuration"
-/usr/sbin/lmtpgate check -c /etc/lmtpgate/lmtpgate.yaml || fail "lmtpgate check rejects the shipped config"
+step "lmtpgate check on the shipped configuration says what is missing"
+# A fresh install has no proxy password yet and, with Cyrus not running,
+# no readable mailboxes.db: check must fail naming both, and pass once
+# they are there.
+if /usr/sbin/lmtpgate check -c /etc/lmtpgate/lmtpgate.yaml >"$work/check.out" 2>&1; then
+	cat "$work/check.out"
+	fail "lmtpgate check passes a configuration that cannot deliver"
+fi
+cat "$work/check.out"
+grep -q 'backends.password: empty' "$work/check.out" || fail "check does not name the empty backend password"
+printf 'secret\n' >/etc/lmtpgate/proxy.pw
+if [ -r /var/lib/cyrus/mailboxes.db ]; then
+	/usr/sbin/lmtpgate check -c /etc/lmtpgate/lmtpgate.yaml || fail "lmtpgate check rejects the shipped config with a password"
+fi
+: >/etc/lmtpgate/proxy.pw
 
 step "lmtpgate check on a host without Cyrus says what to do"
 # No /etc/imapd.conf there: the same file with imapd_conf pointing nowhere.

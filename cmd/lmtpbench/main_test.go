@@ -8,36 +8,19 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/lmtpgate/lmtpgate/internal/testkit"
 
 	"github.com/lmtpgate/lmtpgate/internal/bench"
 	"github.com/lmtpgate/lmtpgate/internal/murderlab"
 )
 
-// syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestRunNullBackendAndReport(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var nbOut syncBuffer
+	var nbOut testkit.SyncBuffer
 	nbDone := make(chan error, 1)
 	go func() {
 		nbDone <- run(ctx, []string{"null-backend", "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"}, &nbOut, os.Stderr)

@@ -139,7 +139,7 @@ func Parse(s Settings, rcpt string) (Recipient, error) {
 	// The comparison with defaultdomain happens after downcasing:
 	// Cyrus's mbname_downcaseuser sets the lowered domain again, and
 	// setting a domain equal to defaultdomain clears it, so "Fred@Internal"
-	// is user.fred (cyrus-interop §9.2).
+	// is user.fred (Cyrus imap/lmtpd.c, process_recipient).
 	if !virt || domain == defdom {
 		domain = ""
 	}

@@ -31,7 +31,7 @@ func TestParse(t *testing.T) {
 		domain  string
 		detail  string
 	}{
-		// cyrus-interop §9.2 (virtdomains userid).
+		// Cyrus imap/lmtpd.c, process_recipient (virtdomains userid).
 		{"9.2 Fred@Internal", userid, "Fred@Internal", "user.fred", "fred@internal", false, "fred", "", ""},
 		{"9.2 detail with domain", userid, "fred+Sent@example.com", "example.com!user.fred", "fred+Sent@example.com", false, "fred", "example.com", "Sent"},
 		{"9.2 nested detail", userid, "fred+Work/Q1", "user.fred", "fred+Work/Q1@internal", false, "fred", "", "Work/Q1"},

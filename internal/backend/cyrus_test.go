@@ -16,36 +16,14 @@ import (
 	"time"
 
 	"github.com/lmtpgate/lmtpgate/internal/backend"
+	"github.com/lmtpgate/lmtpgate/internal/murderlab"
 )
 
-const cyrusBin = "/usr/lib/cyrus/bin"
+const cyrusBin = murderlab.CyrusBin
 
 // needCyrus skips (or fails, when LMTPGATE_REQUIRE_CYRUS=1) when a real
 // Cyrus cannot be run here.
-func needCyrus(t *testing.T) {
-	t.Helper()
-	required := os.Getenv("LMTPGATE_REQUIRE_CYRUS") == "1"
-	miss := func(why string) {
-		if required {
-			t.Fatalf("LMTPGATE_REQUIRE_CYRUS=1 but %s", why)
-		}
-		t.Skip(why)
-	}
-	if testing.Short() && !required {
-		t.Skip("real Cyrus test skipped with -short")
-	}
-	for _, b := range []string{filepath.Join(cyrusBin, "master"), filepath.Join(cyrusBin, "lmtpd"), "/usr/sbin/saslpasswd2"} {
-		if _, err := os.Stat(b); err != nil {
-			miss("Cyrus is not installed: " + err.Error())
-		}
-	}
-	if os.Geteuid() != 0 {
-		miss("Cyrus master must start as root")
-	}
-	if _, err := user.Lookup("cyrus"); err != nil {
-		miss("no cyrus user")
-	}
-}
+func needCyrus(t *testing.T) { murderlab.RequireCyrus(t) }
 
 func freePort(t *testing.T) int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")

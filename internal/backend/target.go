@@ -37,7 +37,7 @@ var errEmptyServer = errors.New("empty server string")
 // ParseServer parses a Cyrus server string (the "S" field of a mailboxes.db
 // entry or a MUPDATE reply) into a dial target. Cyrus's backend_connect
 // accepts "host", "host:port", either followed by "/tls" or "/noauth", and
-// an absolute UNIX socket path (cyrus-interop §8.1). We also accept
+// an absolute UNIX socket path (Cyrus imap/backend.c, backend_connect). We also accept
 // "[v6addr]:port" and a bare IPv6 literal, which Cyrus itself cannot parse.
 //
 // cfg.Addresses may map the whole server string, or its host[:port] part

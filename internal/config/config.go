@@ -948,6 +948,9 @@ func (b *builder) secret(key string, pw, file *string, used bool) (string, bool)
 		if from == *file && used {
 			b.checkSecretMode(fileKey, *file)
 		}
+		if from != *file && used && changedSince(*file, from) {
+			b.warn("%s: %s changed after the service started; systemd passed the old one (LoadCredential=): `systemctl restart lmtpgate` to use it", fileKey, *file)
+		}
 		// A password file holds one line; a trailing newline from an
 		// editor is not part of the password.
 		return strings.TrimRight(string(data), "\r\n"), true
@@ -969,6 +972,14 @@ func readSecret(path string) ([]byte, string, error) {
 	}
 	data, err := os.ReadFile(path)
 	return data, path, err
+}
+
+// changedSince reports whether file was modified after the credential copy
+// of it was made.
+func changedSince(file, cred string) bool {
+	fi, err1 := os.Stat(file)
+	ci, err2 := os.Stat(cred)
+	return err1 == nil && err2 == nil && fi.ModTime().After(ci.ModTime())
 }
 
 // checkSecretMode warns about a password file that others can read.

@@ -225,3 +225,52 @@ func TestLocateSurvivesABrokenFile(t *testing.T) {
 		t.Fatalf("Locate(missing) = %q %q", sock, st)
 	}
 }
+
+// A password file the unit passes with LoadCredential= is read from
+// $CREDENTIALS_DIRECTORY; one that others can read is warned about.
+func TestPasswordFiles(t *testing.T) {
+	dir := t.TempDir()
+	creds := t.TempDir()
+	writeFile(t, creds, "proxy.pw", "fromcredential\n")
+	pw := writeFile(t, dir, "proxy.pw", "fromfile\n")
+	os.Chmod(pw, 0o644)
+	p := writeFile(t, dir, "c.yaml", "state_dir: "+dir+"\nlookup: {order: [master-mupdate], master_mupdate: {address: '127.0.0.1:3905'}}\nbackends: {password_file: "+pw+"}\n")
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Backends.Password != "fromfile" || len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], "readable by every user") {
+		t.Fatalf("password %q warnings %v", c.Backends.Password, c.Warnings)
+	}
+	t.Setenv("CREDENTIALS_DIRECTORY", creds)
+	c, err = Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Backends.Password != "fromcredential" {
+		t.Fatalf("password %q, want the credential's", c.Backends.Password)
+	}
+}
+
+// A misspelt key is named by its dotted path, with the key it resembles.
+func TestUnknownKeySuggestsTheKnownOne(t *testing.T) {
+	_, err := Parse("c.yaml", []byte("lookup:\n  timout: 5s\n"))
+	if err == nil || !strings.Contains(err.Error(), "lookup.timout") || !strings.Contains(err.Error(), "did you mean lookup.timeout?") || !strings.Contains(err.Error(), "line 2") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// The budgets nest: a lookup must outlast a MUPDATE source's own timeouts,
+// and a stop must fit in the unit's TimeoutStopSec=.
+func TestBudgets(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ yaml, key string }{
+		{"lookup: {order: [master-mupdate], timeout: 5s, master_mupdate: {address: 'm:3905'}}\n", "lookup.timeout"},
+		{"shutdown_timeout: 41s\nlookup: {order: [master-mupdate], master_mupdate: {address: 'm:3905'}}\n", "shutdown_timeout"},
+	} {
+		p := writeFile(t, dir, "c.yaml", "state_dir: "+dir+"\n"+tc.yaml)
+		if _, err := Load(p); err == nil || !strings.Contains(err.Error(), tc.key) {
+			t.Errorf("%q: err %v, want it to name %s", tc.yaml, err, tc.key)
+		}
+	}
+}

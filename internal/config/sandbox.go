@@ -54,33 +54,9 @@ func LoadSandbox(paths []string) (*Sandbox, error) {
 	files := []string{unit}
 	dropins, _ := filepath.Glob(filepath.Join("/etc/systemd/system", filepath.Base(unit)+".d", "*.conf"))
 	sort.Strings(dropins)
-	files = append(files, dropins...)
-	kv := map[string][]string{}
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			return nil, err
-		}
-		section := ""
-		for _, line := range strings.Split(string(data), "\n") {
-			line = strings.TrimSpace(line)
-			switch {
-			case line == "" || line[0] == '#' || line[0] == ';':
-			case line[0] == '[':
-				section = strings.Trim(line, "[]")
-			case section == "Service":
-				k, v, ok := strings.Cut(line, "=")
-				if !ok {
-					continue
-				}
-				k, v = strings.TrimSpace(k), strings.TrimSpace(v)
-				if v == "" {
-					delete(kv, k)
-					continue
-				}
-				kv[k] = append(kv[k], strings.Fields(v)...)
-			}
-		}
+	kv, err := serviceSettings(append(files, dropins...))
+	if err != nil {
+		return nil, err
 	}
 	last := func(k string) string {
 		if v := kv[k]; len(v) > 0 {
@@ -163,6 +139,40 @@ func SandboxProblems(c *Config, sb *Sandbox) []Problem {
 		write("control_socket", filepath.Dir(c.ControlSocket))
 	}
 	return out
+}
+
+// serviceSettings reads the [Service] assignments of unit files in order,
+// as systemd merges a unit and its drop-ins: values accumulate, and an
+// empty assignment resets the key.
+func serviceSettings(files []string) (map[string][]string, error) {
+	kv := map[string][]string{}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		section := ""
+		for _, line := range strings.Split(string(data), "\n") {
+			line = strings.TrimSpace(line)
+			switch {
+			case line == "" || line[0] == '#' || line[0] == ';':
+			case line[0] == '[':
+				section = strings.Trim(line, "[]")
+			case section == "Service":
+				k, v, ok := strings.Cut(line, "=")
+				if !ok {
+					continue
+				}
+				k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+				if v == "" {
+					delete(kv, k)
+					continue
+				}
+				kv[k] = append(kv[k], strings.Fields(v)...)
+			}
+		}
+	}
+	return kv, nil
 }
 
 // under reports whether path is one of dirs or inside one.

@@ -12,9 +12,11 @@ import (
 	"slices"
 	"strconv"
 	"testing"
+
+	"github.com/lmtpgate/lmtpgate/internal/murderlab"
 )
 
-const cyrusBin = "/usr/lib/cyrus/bin"
+const cyrusBin = murderlab.CyrusBin
 
 // cyrusEnv prepares a configdirectory that Cyrus's tools accept, or skips
 // the test: under -short always, and when Cyrus is not installed unless
@@ -27,17 +29,7 @@ type cyrusEnv struct {
 
 func newCyrusEnv(t *testing.T) *cyrusEnv {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("real Cyrus test skipped under -short")
-	}
-	for _, tool := range []string{"cyr_dbtool", "cvt_cyrusdb"} {
-		if _, err := os.Stat(filepath.Join(cyrusBin, tool)); err != nil {
-			if os.Getenv("LMTPGATE_REQUIRE_CYRUS") == "1" {
-				t.Fatalf("LMTPGATE_REQUIRE_CYRUS=1 but %s is missing: %v", tool, err)
-			}
-			t.Skipf("Cyrus not installed: %v", err)
-		}
-	}
+	murderlab.RequireCyrus(t)
 	// Cyrus tools run as root switch to user cyrus, so the directory must
 	// be reachable and writable by it; t.TempDir's parent is private.
 	dir, err := os.MkdirTemp("", "cyrusdb-test-")

@@ -77,7 +77,7 @@ func readHead(fh *os.File, size int64) ([]byte, error) {
 // ReadFile takes a consistent snapshot of a database file's committed state
 // and parses it. f may be Auto.
 //
-// It follows Cyrus's reader protocol (interop §6): open read-only, take the
+// It follows Cyrus's reader protocol (lib/cyrusdb_twoskip.c and lib/lock_fcntl.c): open read-only, take the
 // whole-file shared fcntl lock that Cyrus writers respect, and check that
 // the path still names the locked inode, reopening if a repack or rewrite
 // renamed a new file over it. Then it copies the committed bytes (for
@@ -107,6 +107,38 @@ func ReadFile(ctx context.Context, path string, f Format) (*DB, error) {
 
 // readLocked does one open-lock-check-copy round. replaced reports that the
 // path no longer named the opened file once it was locked.
+// committedSize sniffs the format (for Auto) and returns how many bytes of
+// the file hold committed data: all of it, but for twoskip only up to the
+// header's current_size.
+func committedSize(fh *os.File, path string, f Format, size int64) (Format, int64, error) {
+	if size == 0 {
+		return f, 0, fmt.Errorf("%s: %w", path, &FormatError{Format: f, Offset: 0, Reason: "empty file"})
+	}
+	head, err := readHead(fh, size)
+	if err != nil {
+		return f, 0, fmt.Errorf("cyrusdb: %s: %w", path, err)
+	}
+	if f == Auto {
+		if f, err = Detect(head); err != nil {
+			return f, 0, fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	if f != Twoskip {
+		return f, size, nil
+	}
+	h, err := parseTwoskipHeader(head)
+	if err != nil {
+		return f, 0, fmt.Errorf("%s: %w", path, err)
+	}
+	if h.currentSize > uint64(size) {
+		return f, 0, fmt.Errorf("%s: %w", path, formatErr(Twoskip, int(size),
+			"file is truncated: %d bytes, header says %d are committed", size, h.currentSize))
+	}
+	// Bytes past current_size belong to an open or crashed transaction;
+	// they are not copied.
+	return f, int64(h.currentSize), nil
+}
+
 func readLocked(ctx context.Context, path string, f Format) (db *DB, replaced bool, err error) {
 	fh, err := os.Open(path)
 	if err != nil {
@@ -146,31 +178,9 @@ func readLocked(ctx context.Context, path string, f Format) (db *DB, replaced bo
 	}
 
 	size := st.Size
-	if size == 0 {
-		return nil, false, fmt.Errorf("%s: %w", path, &FormatError{Format: f, Offset: 0, Reason: "empty file"})
-	}
-	head, err := readHead(fh, size)
+	f, want, err := committedSize(fh, path, f, size)
 	if err != nil {
-		return nil, false, fmt.Errorf("cyrusdb: %s: %w", path, err)
-	}
-	if f == Auto {
-		if f, err = Detect(head); err != nil {
-			return nil, false, fmt.Errorf("%s: %w", path, err)
-		}
-	}
-	want := size
-	if f == Twoskip {
-		h, err := parseTwoskipHeader(head)
-		if err != nil {
-			return nil, false, fmt.Errorf("%s: %w", path, err)
-		}
-		if h.currentSize > uint64(size) {
-			return nil, false, fmt.Errorf("%s: %w", path, formatErr(Twoskip, int(size),
-				"file is truncated: %d bytes, header says %d are committed", size, h.currentSize))
-		}
-		// Bytes past current_size belong to an open or crashed
-		// transaction; they are not copied.
-		want = int64(h.currentSize)
+		return nil, false, err
 	}
 	data := make([]byte, want)
 	if n, err := fh.ReadAt(data, 0); int64(n) != want {

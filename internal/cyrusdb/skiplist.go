@@ -83,8 +83,8 @@ func readSkiplistKeyRecord(buf []byte, off, maxLevel int) (slRec, error) {
 	return r, nil
 }
 
-// parseSkiplist replays the file as Cyrus's skiplist recovery does (interop
-// §5.1): the INORDER records a checkpoint wrote, then each log transaction
+// parseSkiplist replays the file as Cyrus's skiplist recovery does
+// (lib/cyrusdb_skiplist.c, recovery): the INORDER records a checkpoint wrote, then each log transaction
 // of ADD and DELETE records, applied only once its COMMIT is seen. Forward
 // pointers are never followed, because Cyrus rewrites them in place during a
 // transaction and a crashed writer can leave them torn; the replay needs

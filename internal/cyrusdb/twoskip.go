@@ -162,7 +162,7 @@ func (r *tsRec) pick0(buf []byte) uint64 {
 	return max(n0, n1)
 }
 
-// parseTwoskip walks level 0 of the committed state (interop §4.4): from the
+// parseTwoskip walks level 0 of the committed state (as lib/cyrusdb_twoskip.c walks it): from the
 // DUMMY, follow pick0 against current_size, forwarding through DELETE
 // records, checking the head CRC of each record visited and the tail CRC of
 // each record emitted. Skip pointers (levels >= 1) are never followed: they

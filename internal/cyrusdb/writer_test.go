@@ -8,7 +8,7 @@ import (
 
 // tsWriter builds twoskip files byte by byte for tests: valid ones for the
 // benchmark and the fuzz corpus, and damaged ones for the corruption table.
-// It follows the layout of interop §4 independently of the parser.
+// It follows the twoskip layout of lib/cyrusdb_twoskip.c independently of the parser.
 type tsWriter struct {
 	buf    []byte
 	blanks bool // insert BLANK filler so record heads never straddle 512

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lmtpgate/lmtpgate/internal/testkit"
+
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
@@ -55,24 +57,7 @@ type harness struct {
 	srv    *Server
 	addr   string
 	pool   *backend.Pool
-	logs   *syncBuf
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs   *testkit.SyncBuffer
 }
 
 func active(name, server, acl string) lookup.Entry {
@@ -80,7 +65,7 @@ func active(name, server, acl string) lookup.Entry {
 }
 
 func newHarness(t *testing.T, opts ...func(*Options, *Runtime)) *harness {
-	h := &harness{t: t, be1: fakelmtp.New(t), be2: fakelmtp.New(t), logs: &syncBuf{}}
+	h := &harness{t: t, be1: fakelmtp.New(t), be2: fakelmtp.New(t), logs: &testkit.SyncBuffer{}}
 	h.src = &mapSource{name: "mailboxes-db", entries: map[string]lookup.Entry{
 		"user.alice": active("user.alice", "be1", "alice\tlrswipkxtecdan\t"),
 		"user.bob":   active("user.bob", "be1", "bob\tlrswipkxtecdan\t"),

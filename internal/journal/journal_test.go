@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lmtpgate/lmtpgate/internal/testkit"
+
 	"github.com/lmtpgate/lmtpgate/internal/systemdtest"
 )
 
@@ -22,33 +24,21 @@ func waitCtx(t *testing.T) context.Context {
 	return c
 }
 
-func newTestHandler(t *testing.T, level slog.Leveler) (*Handler, *systemdtest.JournalListener, *bytes.Buffer) {
+func newTestHandler(t *testing.T, level slog.Leveler) (*Handler, *systemdtest.JournalListener, *testkit.SyncBuffer) {
 	t.Helper()
 	l := systemdtest.ListenJournal(t, t.TempDir())
-	var fb syncBuffer
+	var fb testkit.SyncBuffer
 	h, err := NewHandler(Options{Socket: l.Path(), Level: level, Fallback: &fb})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		h.Close()
-		if fb.Len() > 0 {
+		if fb.String() != "" {
 			t.Errorf("unexpected fallback output: %q", fb.String())
 		}
 	})
-	return h, l, &fb.Buffer
-}
-
-// syncBuffer lets concurrent handlers share a fallback writer.
-type syncBuffer struct {
-	mu sync.Mutex
-	bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.Buffer.Write(p)
+	return h, l, &fb
 }
 
 // next returns the next entry whose MESSAGE is msg.

@@ -13,9 +13,10 @@ import (
 	"time"
 
 	"github.com/lmtpgate/lmtpgate/internal/lookup"
+	"github.com/lmtpgate/lmtpgate/internal/murderlab"
 )
 
-const cyrusBin = "/usr/lib/cyrus/bin"
+const cyrusBin = murderlab.CyrusBin
 
 // cyrusDBTool prepares a configdirectory for Cyrus's cyr_dbtool and
 // returns a function running it, or skips: always under -short, and when
@@ -23,16 +24,8 @@ const cyrusBin = "/usr/lib/cyrus/bin"
 // failure.
 func cyrusDBTool(t *testing.T) (dir string, run func(args ...string)) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("real Cyrus test skipped under -short")
-	}
+	murderlab.RequireCyrus(t)
 	tool := filepath.Join(cyrusBin, "cyr_dbtool")
-	if _, err := os.Stat(tool); err != nil {
-		if os.Getenv("LMTPGATE_REQUIRE_CYRUS") == "1" {
-			t.Fatalf("LMTPGATE_REQUIRE_CYRUS=1 but cyr_dbtool is missing: %v", err)
-		}
-		t.Skipf("Cyrus not installed: %v", err)
-	}
 	// Run as root, Cyrus tools switch to the cyrus user, which must be
 	// able to write the directory.
 	dir, err := os.MkdirTemp("", "mboxlist-test-")

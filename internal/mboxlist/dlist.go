@@ -314,11 +314,3 @@ func (d dlist) text(buf []byte, i int) []byte {
 	}
 	return buf
 }
-
-// children calls fn with the index of each direct child of list node i.
-func (d dlist) children(i int, fn func(c int)) {
-	end := i + int(d.nodes[i].size)
-	for c := i + 1; c < end; c += int(d.nodes[c].size) {
-		fn(c)
-	}
-}

@@ -45,7 +45,7 @@ func TestDlistParse(t *testing.T) {
 		{"atom", "default", "default"},
 		{"NIL", "NIL", "NIL"},
 		{"quoted NIL is a string", `"NIL"`, "<NIL>"},
-		{"3.6 remote entry (interop 7.4 ex.1)",
+		{"3.6 remote entry (a frontend remote entry)",
 			"%(T er P default S backend1 M 1718000000 A %(fred lrswipkxtecdan))",
 			"%[T=er P=default S=backend1 M=1718000000 A=%[fred=lrswipkxtecdan]]"},
 		{"reserved with empty ACL (7.4 ex.4)",

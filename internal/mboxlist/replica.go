@@ -13,7 +13,7 @@ import (
 // its local mupdate replica through the UNIX socket
 // <configdirectory>/socket/mupdate.target: the replica sends a NOOP to the
 // master, which flushes every pending update into mailboxes.db, and then
-// writes "ok" and closes (cyrus-interop §10.7). A mailbox created a moment
+// writes "ok" and closes (Cyrus imap/mupdate-slave.c and the kick in imap/lmtpd.c). A mailbox created a moment
 // ago is therefore found, not bounced. lmtpgate does the same on a miss,
 // with a timeout (Cyrus has none), and then re-reads the file if it changed.
 //

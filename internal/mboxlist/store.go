@@ -10,7 +10,7 @@ import (
 
 // cyrusdbStore reads the file through the cyrusdb package: a cheap header
 // stat to decide whether anything changed, and a full read of the
-// committed state under Cyrus's shared lock (interop notes §6).
+// committed state under Cyrus's shared lock (lib/lock_fcntl.c).
 type cyrusdbStore struct{}
 
 func infoOf(i cyrusdb.Info) fileInfo {

@@ -42,7 +42,7 @@ func (d *DB) startWatcher() *fsnotify.Watcher {
 // skiplist in place (IN_MODIFY on the name), but repacks, recovers and
 // rewrites flat files by writing mailboxes.db.NEW and renaming it over the
 // original (IN_MOVED_TO on the name), after which a watch on the old inode
-// would see nothing more (interop notes §4.7). Any event for the name
+// would see nothing more (lib/cyrusdb_twoskip.c repacks into mailboxes.db.NEW and renames it over). Any event for the name
 // starts a short debounce, since one commit is several writes; then the
 // header is stat'ed and the file re-read only if its identity changed.
 // A periodic stat catches whatever inotify misses (a directory replaced,

@@ -290,8 +290,8 @@ func TestUnavailableBeforeFirstLoad(t *testing.T) {
 }
 
 // A valid file with no mailbox entries is a valid, empty table: right after
-// a 3.6 upgrade a frontend's mailboxes.db can be almost empty (interop
-// notes §7.5), and "no such mailbox" is then the truth.
+// a 3.6 upgrade a frontend's mailboxes.db can be almost empty (imap/mboxlist.c,
+// mboxlist_upgrade skips frontend entries), and "no such mailbox" is then the truth.
 func TestEmptyTableIsValid(t *testing.T) {
 	h, err := startDB(t, Config{}, []byte("Iabc\t%(T e N user\x1fa)\n"))
 	if err != nil {

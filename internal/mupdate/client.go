@@ -574,7 +574,7 @@ func (c *Client) startTLS(ctx context.Context) error {
 }
 
 // readGreeting reads the untagged capability lines up to "* OK MUPDATE"
-// (cyrus-interop §10.2). It returns the SASL mechanisms and whether
+// (Cyrus imap/mupdate.c, the banner). It returns the SASL mechanisms and whether
 // STARTTLS is offered.
 func (c *Client) readGreeting() (mechs []string, starttls bool, err error) {
 	for i := 0; ; i++ {
@@ -610,7 +610,7 @@ func (c *Client) readGreeting() (mechs []string, starttls bool, err error) {
 
 // authenticate logs in with SASL PLAIN and an initial response, in the
 // form Cyrus's own client sends: the mechanism quoted and the response as
-// a non-synchronising literal (cyrus-interop §10.6). Cyrus's server reads
+// a non-synchronising literal (Cyrus imap/mupdate-client.c, mupdate_authenticate). Cyrus's server reads
 // further challenges as bare lines, so only a one-round mechanism is safe.
 func (c *Client) authenticate(mechs []string) error {
 	if c.cfg.AuthName == "" {

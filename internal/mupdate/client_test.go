@@ -2,7 +2,6 @@ package mupdate_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,28 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lmtpgate/lmtpgate/internal/testkit"
+
 	"github.com/lmtpgate/lmtpgate/internal/lookup"
 	"github.com/lmtpgate/lmtpgate/internal/mupdate"
 	"github.com/lmtpgate/lmtpgate/internal/mupdate/fakemupdate"
 )
-
-// syncBuffer collects log output from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func testConfig(addr string) mupdate.Config {
 	c := mupdate.DefaultConfig()
@@ -47,9 +30,9 @@ func testConfig(addr string) mupdate.Config {
 	return c
 }
 
-func newClient(t *testing.T, cfg mupdate.Config) (*mupdate.Client, *syncBuffer) {
+func newClient(t *testing.T, cfg mupdate.Config) (*mupdate.Client, *testkit.SyncBuffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	c := mupdate.New("master-mupdate", cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	t.Cleanup(func() { c.Close() })
 	return c, logs

@@ -19,38 +19,20 @@ import (
 
 	"github.com/lmtpgate/lmtpgate/internal/lookup"
 	"github.com/lmtpgate/lmtpgate/internal/mupdate"
+	"github.com/lmtpgate/lmtpgate/internal/murderlab"
 )
 
-const cyrusBin = "/usr/lib/cyrus/bin"
+const cyrusBin = murderlab.CyrusBin
 
 // requireCyrus skips under -short or when Cyrus cannot run here, except
-// that LMTPGATE_REQUIRE_CYRUS=1 turns a missing Cyrus into a failure.
+// that LMTPGATE_REQUIRE_CYRUS=1 turns a missing Cyrus into a failure; it
+// returns user cyrus's ids.
 func requireCyrus(t *testing.T) (uid, gid int) {
 	t.Helper()
-	var missing []string
-	for _, b := range []string{"master", "mupdate"} {
-		if _, err := os.Stat(filepath.Join(cyrusBin, b)); err != nil {
-			missing = append(missing, b)
-		}
-	}
-	if _, err := exec.LookPath("saslpasswd2"); err != nil {
-		missing = append(missing, "saslpasswd2")
-	}
+	murderlab.RequireCyrus(t)
 	cy, err := user.Lookup("cyrus")
 	if err != nil {
-		missing = append(missing, "user cyrus")
-	}
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root")
-	}
-	if len(missing) > 0 {
-		if os.Getenv("LMTPGATE_REQUIRE_CYRUS") == "1" {
-			t.Fatalf("LMTPGATE_REQUIRE_CYRUS=1 but missing: %s", strings.Join(missing, ", "))
-		}
-		t.Skipf("Cyrus unavailable, missing: %s", strings.Join(missing, ", "))
-	}
-	if testing.Short() {
-		t.Skip("real Cyrus: skipped with -short")
+		t.Fatal(err)
 	}
 	uid, _ = strconv.Atoi(cy.Uid)
 	gid, _ = strconv.Atoi(cy.Gid)

@@ -17,7 +17,7 @@ func selfSigned(t *testing.T) (server *tls.Config, caFile string) {
 
 // The credentials must only ever cross the wire inside TLS when the
 // configuration asks for it: implicit TLS, and STARTTLS before AUTHENTICATE
-// as Cyrus's own clients do (cyrus-interop §10.6).
+// as Cyrus's own clients do (Cyrus imap/mupdate-client.c).
 func TestTLSModes(t *testing.T) {
 	serverTLS, clientTLS := selfSigned(t)
 	for _, mode := range []string{"tls", "starttls"} {

@@ -5,7 +5,6 @@
 package testbin
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -18,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lmtpgate/lmtpgate/internal/testkit"
 )
 
 var (
@@ -58,26 +59,9 @@ type Daemon struct {
 	Config  string // config file path
 	LMTP    string // TCP address it listens on
 	Control string // control socket path
-	out     *syncBuffer
+	out     *testkit.SyncBuffer
 	done    chan struct{}
 	err     error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // FreePort returns a free TCP address on host.
@@ -99,7 +83,7 @@ func Start(t testing.TB, config string, env ...string) *Daemon {
 	t.Helper()
 	bin := Build(t)
 	dir := t.TempDir()
-	d := &Daemon{Dir: dir, LMTP: FreePort(t, "127.0.0.1"), Control: filepath.Join(dir, "control.sock"), out: &syncBuffer{}, done: make(chan struct{})}
+	d := &Daemon{Dir: dir, LMTP: FreePort(t, "127.0.0.1"), Control: filepath.Join(dir, "control.sock"), out: &testkit.SyncBuffer{}, done: make(chan struct{})}
 	d.Config = filepath.Join(dir, "lmtpgate.yaml")
 	full := fmt.Sprintf("listen: [\"tcp:%s\"]\ncontrol_socket: %s\nstate_dir: %s\n%s", d.LMTP, d.Control, dir, config)
 	if err := os.WriteFile(d.Config, []byte(full), 0o600); err != nil {

@@ -41,8 +41,9 @@ func TestDeliverThroughEachSource(t *testing.T) {
 			if !strings.HasPrefix(msg, "Return-Path: <sender@example.org>") || !strings.Contains(msg, "by lmtpgate.test (lmtpgate) with LMTP") {
 				t.Errorf("stored message lacks lmtpgate's trace headers:\n%.400s", msg)
 			}
+			// Exit 5: one of the addresses would be refused.
 			out, code := d.Run(t, "resolve", "-v", "alice@example.org", "nosuch@example.org")
-			if code != 0 || !strings.Contains(out, "server:   "+l.BackendServer(1)) || !strings.Contains(out, "550 5.1.1") {
+			if code != 5 || !strings.Contains(out, "server:   "+l.BackendServer(1)) || !strings.Contains(out, "550 5.1.1") {
 				t.Errorf("resolve (exit %d):\n%s", code, out)
 			}
 		})

@@ -112,6 +112,12 @@ func TestOutages(t *testing.T) {
 		if err := l.StartBackend(ctxT(t), 2); err != nil {
 			t.Fatal(err)
 		}
+		// The backend is out of service until lmtpgate's probe finds it
+		// again (within backends.backoff_min, 1s): an MTA retrying
+		// earlier is deferred at RCPT, which is fine.
+		if !eventually(30*time.Second, func() bool { return probe(t, d.LMTP, "carol@example.org") == "" }) {
+			t.Fatal("backend 2 did not come back into service")
+		}
 		// The retry of the deferred recipient.
 		rr, dr, _, err = sendMsg(d.LMTP, []string{"carol@example.org"}, "backend 2 down", id, 0)
 		if err != nil {

@@ -3,7 +3,7 @@
 // where it matters to a frontend proxy, and whose replies a test can script
 // per recipient.
 //
-// Like Cyrus lmtpd on TCP (cyrus-interop §8.2) it requires AUTH PLAIN from
+// Like Cyrus lmtpd on TCP (imap/lmtpd.c admits only admins) it requires AUTH PLAIN from
 // an admin identity before MAIL and answers "430 Authentication required"
 // otherwise; the default credentials are User/Password. It records every
 // transaction it saw (envelope, body, which recipients it accepted) and can
@@ -90,12 +90,6 @@ type config struct {
 
 // Option changes how New sets up the server.
 type Option func(*config)
-
-// WithCredentials makes the server require AUTH PLAIN as user/pass instead
-// of User/Password.
-func WithCredentials(user, pass string) Option {
-	return func(c *config) { c.user, c.pass = user, pass }
-}
 
 // WithoutAuth makes the server accept MAIL without authentication and not
 // advertise AUTH, like lmtpd on a UNIX socket or started with -a.

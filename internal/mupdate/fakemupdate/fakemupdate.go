@@ -264,7 +264,7 @@ func (s *Server) serve(raw net.Conn) {
 	banner := greeting
 	if tlsMode == "starttls" {
 		// Cyrus lists STARTTLS before the OK line while TLS is not
-		// active (cyrus-interop §10.2).
+		// active (Cyrus imap/mupdate.c).
 		i := strings.Index(greeting, "* OK")
 		banner = greeting[:i] + "* STARTTLS\r\n" + greeting[i:]
 	}
