@@ -49,7 +49,7 @@ func (m *mapSource) Lookup(ctx context.Context, mb string) (lookup.Entry, error)
 }
 
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	be1    *fakelmtp.Server
 	be2    *fakelmtp.Server
 	src    *mapSource
@@ -64,7 +64,7 @@ func active(name, server, acl string) lookup.Entry {
 	return lookup.Entry{Name: name, Server: server, Partition: "default", ACL: acl}
 }
 
-func newHarness(t *testing.T, opts ...func(*Options, *Runtime)) *harness {
+func newHarness(t testing.TB, opts ...func(*Options, *Runtime)) *harness {
 	h := &harness{t: t, be1: fakelmtp.New(t), be2: fakelmtp.New(t), logs: &testkit.SyncBuffer{}}
 	h.src = &mapSource{name: "mailboxes-db", entries: map[string]lookup.Entry{
 		"user.alice": active("user.alice", "be1", "alice\tlrswipkxtecdan\t"),
