@@ -48,12 +48,46 @@ func run(bin string, keep bool) error {
 	}
 	defer os.RemoveAll(dir)
 
-	step("Starting a Cyrus 3.6 murder on loopback in %s", dir)
-	lab, err := murderlab.Start(ctx, murderlab.Options{Dir: filepath.Join(dir, "murder")})
+	lab, err := startMurder(ctx, dir)
 	if err != nil {
 		return err
 	}
 	defer lab.Close()
+	gate, err := startGate(ctx, bin, dir, lab)
+	if err != nil {
+		return err
+	}
+	defer gate.stop()
+	if err := showDelivery(ctx, lab, gate.addr); err != nil {
+		return err
+	}
+	step("lmtpgate resolve -v carol@example.org")
+	out, _ := exec.Command(bin, "resolve", "-c", gate.cfg, "-v", "carol@example.org").CombinedOutput()
+	fmt.Print(indent(string(out)))
+	step("lmtpgate status")
+	out, _ = exec.Command(bin, "status", "-c", gate.cfg).CombinedOutput()
+	fmt.Print(indent(string(out)))
+	step("lmtpgate's log (one line per recipient)")
+	logs, _ := os.ReadFile(gate.log)
+	fmt.Print(indent(string(logs)))
+
+	if keep {
+		step("Lab and lmtpgate keep running; press Ctrl-C to stop")
+		ch := make(chan os.Signal, 1)
+		signalNotify(ch)
+		<-ch
+	}
+	step("Stopping lmtpgate and the murder")
+	return nil
+}
+
+// startMurder stands up the murder and creates the demo's mailboxes.
+func startMurder(ctx context.Context, dir string) (*murderlab.Lab, error) {
+	step("Starting a Cyrus 3.6 murder on loopback in %s", dir)
+	lab, err := murderlab.Start(ctx, murderlab.Options{Dir: filepath.Join(dir, "murder")})
+	if err != nil {
+		return nil, err
+	}
 	fmt.Printf("    mupdate master   %s\n", lab.MasterMupdateAddr())
 	for i := 1; i <= lab.Backends(); i++ {
 		fmt.Printf("    backend%d         %s (lmtpd %s)\n", i, lab.BackendServer(i), lab.BackendLMTPAddr(i))
@@ -73,25 +107,41 @@ func run(bin string, keep bool) error {
 	}
 	for _, b := range boxes {
 		if err := lab.CreateMailbox(ctx, b.backend, b.name, b.acl); err != nil {
-			return err
+			lab.Close()
+			return nil, err
 		}
 		fmt.Printf("    backend%d: %s\n", b.backend, b.name)
 	}
 	for _, n := range []string{"user.alice", "user.alice.Sub", "bb.sales", "user.carol"} {
 		if err := lab.WaitFrontend(ctx, n, true); err != nil {
-			return err
+			lab.Close()
+			return nil, err
 		}
 	}
+	return lab, nil
+}
 
+// demoGate is the running lmtpgate.
+type demoGate struct {
+	addr, cfg, log string
+	cmd            *exec.Cmd
+}
+
+func (g *demoGate) stop() {
+	g.cmd.Process.Signal(syscall.SIGTERM)
+	g.cmd.Wait()
+}
+
+// startGate writes lmtpgate's configuration for the lab and starts it.
+func startGate(ctx context.Context, bin, dir string, lab *murderlab.Lab) (*demoGate, error) {
 	step("Starting lmtpgate on the frontend (lookup order: mailboxes-db, local-mupdate, master-mupdate)")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	lmtpAddr := l.Addr().String()
+	g := &demoGate{addr: l.Addr().String(), cfg: filepath.Join(dir, "lmtpgate.yaml"), log: filepath.Join(dir, "lmtpgate.log")}
 	l.Close()
 	c := lab.Creds()
-	cfgPath := filepath.Join(dir, "lmtpgate.yaml")
 	cfg := fmt.Sprintf(`hostname: frontend.demo
 listen: ["tcp:%s"]
 imapd_conf: %s
@@ -104,30 +154,30 @@ lookup:
 backends:
   authname: %s
   password: %s
-`, lmtpAddr, lab.FrontendImapdConf(), dir, dir, lab.ReplicaMupdateAddr(), c.Mupdate, c.MupdatePassword, lab.MasterMupdateAddr(), c.Mupdate, c.MupdatePassword, c.Proxy, c.ProxyPassword)
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		return err
+`, g.addr, lab.FrontendImapdConf(), dir, dir, lab.ReplicaMupdateAddr(), c.Mupdate, c.MupdatePassword, lab.MasterMupdateAddr(), c.Mupdate, c.MupdatePassword, c.Proxy, c.ProxyPassword)
+	if err := os.WriteFile(g.cfg, []byte(cfg), 0o600); err != nil {
+		return nil, err
 	}
 	fmt.Print(indent(cfg))
-	logPath := filepath.Join(dir, "lmtpgate.log")
-	logf, err := os.Create(logPath)
+	logf, err := os.Create(g.log)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	daemon := exec.Command(bin, "serve", "-c", cfgPath)
-	daemon.Stdout, daemon.Stderr = logf, logf
-	if err := daemon.Start(); err != nil {
-		return err
+	g.cmd = exec.Command(bin, "serve", "-c", g.cfg)
+	g.cmd.Stdout, g.cmd.Stderr = logf, logf
+	if err := g.cmd.Start(); err != nil {
+		return nil, err
 	}
-	defer func() {
-		daemon.Process.Signal(syscall.SIGTERM)
-		daemon.Wait()
-	}()
-	if err := waitPort(ctx, lmtpAddr); err != nil {
-		return err
+	if err := waitPort(ctx, g.addr); err != nil {
+		g.stop()
+		return nil, err
 	}
-	fmt.Printf("    lmtpgate listening on %s (pid %d)\n", lmtpAddr, daemon.Process.Pid)
+	fmt.Printf("    lmtpgate listening on %s (pid %d)\n", g.addr, g.cmd.Process.Pid)
+	return g, nil
+}
 
+// showDelivery delivers one message and shows where each copy landed.
+func showDelivery(ctx context.Context, lab *murderlab.Lab, lmtpAddr string) error {
 	step("Delivering one message over LMTP")
 	rcpts := []string{"alice@example.org", "alice+Sub@example.org", "+bb/sales@example.org", "carol@example.org", "nosuch@example.org"}
 	msgID := fmt.Sprintf("<demo.%d@lmtpgate>", time.Now().UnixNano())
@@ -163,24 +213,6 @@ backends:
 		}
 		fmt.Printf("    %-26s -> backend%d (%s) %-15s %d copy\n", w.rcpt, w.backend, lab.BackendServer(w.backend), w.mailbox, n)
 	}
-
-	step("lmtpgate resolve -v carol@example.org")
-	out, _ := exec.Command(bin, "resolve", "-c", cfgPath, "-v", "carol@example.org").CombinedOutput()
-	fmt.Print(indent(string(out)))
-	step("lmtpgate status")
-	out, _ = exec.Command(bin, "status", "-c", cfgPath).CombinedOutput()
-	fmt.Print(indent(string(out)))
-	step("lmtpgate's log (one line per recipient)")
-	logs, _ := os.ReadFile(logPath)
-	fmt.Print(indent(string(logs)))
-
-	if keep {
-		step("Lab and lmtpgate keep running; press Ctrl-C to stop")
-		ch := make(chan os.Signal, 1)
-		signalNotify(ch)
-		<-ch
-	}
-	step("Stopping lmtpgate and the murder")
 	return nil
 }
 

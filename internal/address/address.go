@@ -106,6 +106,10 @@ func quote(s string) string {
 // internal name whatever unixhierarchysep says (mbname_intname always
 // escapes it), so "john.doe" is "user.john^doe" in both modes; with
 // unixhierarchysep off a '.' in the detail separates components instead.
+//
+// Parse mirrors Cyrus's steps one by one, in their order, and is kept as one
+// function so that it can be checked against process_recipient and
+// mbname_from_recipient side by side.
 func Parse(s Settings, rcpt string) (Recipient, error) {
 	fail := func(reason string) (Recipient, error) {
 		return Recipient{}, &Error{Addr: rcpt, Reason: reason}

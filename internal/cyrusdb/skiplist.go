@@ -99,6 +99,9 @@ func readSkiplistKeyRecord(buf []byte, off, maxLevel int) (slRec, error) {
 // The replay keeps a map, so the file's key order is lost; keys come out in
 // raw byte order. That is Cyrus 3.6's order for mailboxes.db; a pre-3.6 file
 // using the "mbox" comparator comes out in a different but complete order.
+//
+// It mirrors Cyrus's recovery loop record type by record type, and is kept
+// as one function so that the two can be read side by side.
 func parseSkiplist(data []byte, fileSize int64) (*DB, error) {
 	be := binary.BigEndian
 	if len(data) < slHeaderSize {

@@ -168,6 +168,9 @@ func (r *tsRec) pick0(buf []byte) uint64 {
 // each record emitted. Skip pointers (levels >= 1) are never followed: they
 // may point into uncommitted space after a crash, and a full walk does not
 // need them.
+//
+// It follows Cyrus's own walk record type by record type, kept as one
+// function so that the two can be read side by side.
 func parseTwoskip(data []byte, fileSize int64) (*DB, error) {
 	h, err := parseTwoskipHeader(data)
 	if err != nil {

@@ -134,6 +134,9 @@ func readLine(r *bufio.Reader, max int) ([]byte, error) {
 
 // tokenize appends the tokens of one wire line to toks. If the line ends
 // in a literal marker it returns the literal's length, else -1.
+// It is the whole grammar of a line (RFC 3656 §4, as Cyrus's
+// prot_printastring and prot_printliteral write it), kept as one function so
+// that the grammar reads in one place.
 func tokenize(line []byte, toks *[]string) (int, error) {
 	i := 0
 	first := len(*toks) == 0

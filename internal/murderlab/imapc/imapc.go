@@ -451,6 +451,10 @@ func nilIfNonEmpty(n int) error {
 	return nil
 }
 
+// readValue reads one value (atom, quoted string, literal, NIL or a
+// parenthesised list). It is the whole value grammar of RFC 3501 §9 that
+// this client needs,
+// kept as one function so that the grammar reads in one place.
 func readValue(r *bufio.Reader, depth int) (any, error) {
 	if depth > 32 {
 		return nil, errSyntax
