@@ -9,7 +9,8 @@ LDFLAGS := -X main.version=$(VERSION)
 # Debian packages the tests, the demo and the benchmark need. The Makefile
 # installs them itself, so a fresh machine needs nothing but Go and make.
 DEB_PKGS := cyrus-imapd cyrus-murder cyrus-clients cyrus-admin sasl2-bin \
-            rpm lintian mandoc systemd init-system-helpers adduser git ca-certificates
+            rpm lintian mandoc systemd init-system-helpers adduser git ca-certificates \
+            prometheus
 
 .PHONY: all build deps test test-short vet fmt-check demo bench package package-test verify-units fuzz clean
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -52,6 +53,43 @@ type Health struct {
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
 	// RetryAt is when the next probe runs, while down.
 	RetryAt time.Time `json:"retry_at,omitzero"`
+	// Delivered counts recipients the backend accepted after DATA;
+	// Refused those it refused (at RCPT or after DATA); Failures the
+	// transactions that failed, by cause (see Causes).
+	Delivered uint64            `json:"delivered"`
+	Refused   uint64            `json:"refused"`
+	Failures  map[string]uint64 `json:"failures,omitempty"`
+}
+
+// Causes of a failed transaction, for Health.Failures and metrics.
+const (
+	CauseConnect  = "connect"  // refused, unreachable, TLS, greeting or LHLO failed
+	CauseAuth     = "auth"     // AUTH refused or impossible
+	CauseTimeout  = "timeout"  // the backend did not answer in time
+	CauseProtocol = "protocol" // a reply that is not LMTP, or a lost connection
+	CauseBusy     = "busy"     // no transaction slot within queue_timeout
+	CauseDown     = "down"     // out of service after a failure
+)
+
+// Causes lists every cause, for metrics that show zeros too.
+var Causes = []string{CauseConnect, CauseAuth, CauseTimeout, CauseProtocol, CauseBusy, CauseDown}
+
+// cause classifies a transaction's failure.
+func cause(st Stage, err error) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, ErrBusy):
+		return CauseBusy
+	case errors.Is(err, ErrDown):
+		return CauseDown
+	case errors.As(err, &ne) && ne.Timeout():
+		return CauseTimeout
+	case st == StageAuth:
+		return CauseAuth
+	case st == StageConnect:
+		return CauseConnect
+	}
+	return CauseProtocol
 }
 
 // Pool delivers to backends, keeping connections and per-backend health.
@@ -66,7 +104,13 @@ type Pool struct {
 	done    chan struct{}
 
 	dials, reuses, broken atomic.Uint64
+	observe               atomic.Pointer[func(server string, d time.Duration)]
 }
+
+// SetObserver installs f, called with the time from the backend's 354 to
+// its last final reply for every transaction that got that far (metrics).
+// f must not block.
+func (p *Pool) SetObserver(f func(server string, d time.Duration)) { p.observe.Store(&f) }
 
 // NewPool returns a pool for cfg, which Validate should have accepted. log
 // may be nil.
@@ -102,6 +146,19 @@ type server struct {
 	retryAt     time.Time
 	probing     bool
 	cleartextOK bool // the cleartext warning was given
+
+	delivered, refused atomic.Uint64
+	failures           [6]atomic.Uint64 // by index in Causes
+}
+
+// count records a transaction's failure by its cause.
+func (s *server) count(st Stage, err error) {
+	c := cause(st, err)
+	for i, x := range Causes {
+		if x == c {
+			s.failures[i].Add(1)
+		}
+	}
 }
 
 // server returns the state of the backend named name, creating it.
@@ -447,7 +504,15 @@ func (p *Pool) Health() []Health {
 	for _, s := range p.all() {
 		s.mu.Lock()
 		h := Health{Server: s.name, Up: s.up, Since: s.since, InFlight: s.inflight, Idle: len(s.idle),
-			LastError: s.lastErr, LastErrorAt: s.lastErrAt}
+			LastError: s.lastErr, LastErrorAt: s.lastErrAt, Delivered: s.delivered.Load(), Refused: s.refused.Load()}
+		for i, c := range Causes {
+			if n := s.failures[i].Load(); n > 0 {
+				if h.Failures == nil {
+					h.Failures = map[string]uint64{}
+				}
+				h.Failures[c] = n
+			}
+		}
 		if !s.up {
 			h.RetryAt = s.retryAt
 		}

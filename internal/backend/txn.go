@@ -318,12 +318,18 @@ func (t *Txn) run() {
 	defer close(t.done)
 	defer t.cancel()
 	if err := t.srv.acquire(t.ctx, t.p.cfg.QueueTimeout); err != nil {
+		t.srv.count(StageConnect, err)
 		t.failAll(Result{Stage: StageConnect, Err: err})
 		return
 	}
 	defer t.srv.releaseSlot()
 	c, reused, fail := t.p.connFor(t.ctx, t.srv, false)
 	if fail != nil {
+		if fail.Err != nil && t.ctx.Err() == nil {
+			t.srv.count(fail.Stage, fail.Err)
+		} else if fail.Reply != nil {
+			t.srv.count(fail.Stage, nil)
+		}
 		t.failAll(*fail)
 		return
 	}
@@ -513,6 +519,7 @@ func (s *session) readOne() bool {
 			s.accepted = append(s.accepted, r)
 			r.resolveAnswer(Result{Rcpt: r.Addr, Stage: StageRcpt})
 		case validReply(rep.Code):
+			s.t.srv.refused.Add(1)
 			r.resolve(Result{Rcpt: r.Addr, Stage: StageRcpt, Reply: rep})
 		default:
 			// Neither acceptance nor refusal: we no longer know what the
@@ -529,6 +536,7 @@ func (s *session) readOne() bool {
 			// without storing an empty message is to hang up.
 			s.broken = true
 		case validReply(rep.Code):
+			s.t.srv.refused.Add(uint64(len(s.accepted)))
 			for _, r := range s.accepted {
 				r.resolve(Result{Rcpt: r.Addr, Stage: StageData, Reply: rep})
 			}
@@ -598,6 +606,7 @@ func (s *session) fail(st Stage, err error) {
 		err = errors.Join(ctxErr, err)
 	} else if !errors.Is(err, ErrLocal) && !errors.Is(err, ErrAborted) {
 		s.t.srv.fail(fmt.Errorf("%s: %w", st, err))
+		s.t.srv.count(st, err)
 	}
 	s.t.failAll(Result{Stage: st, Err: err})
 }
@@ -616,6 +625,7 @@ func (s *session) dataPhase(body io.Reader) {
 		// smtp-like servers disagree on RSET semantics: hang up.
 		return
 	}
+	dataStart := time.Now()
 	txnEnd := time.Now().Add(s.t.p.cfg.TxnTimeout)
 	if err := s.copyBody(body, txnEnd); err != nil {
 		if errors.Is(err, ErrAborted) {
@@ -641,9 +651,17 @@ func (s *session) dataPhase(body io.Reader) {
 		if rep.Code != 250 {
 			res.Reply = rep
 		}
+		if rep.Code/100 == 2 {
+			s.t.srv.delivered.Add(1)
+		} else {
+			s.t.srv.refused.Add(1)
+		}
 		r.resolveFinal(res)
 	}
 	s.accepted = nil
+	if f := s.t.p.observe.Load(); f != nil {
+		(*f)(s.t.srv.name, time.Since(dataStart))
+	}
 }
 
 // copyBody sends the message and the final dot. The dot goes only after the

@@ -115,6 +115,13 @@ type LookupConfig struct {
 	Master      mupdate.Config
 }
 
+// MetricsConfig holds the metrics.* keys.
+type MetricsConfig struct {
+	// Listen is the host:port of the Prometheus endpoint (/metrics); empty:
+	// none.
+	Listen string
+}
+
 // Problem is something that will surely fail: `lmtpgate check` fails on it
 // and the daemon logs it at error, but it does not stop the daemon (which
 // may still serve in part).
@@ -149,6 +156,7 @@ type Config struct {
 	Address  AddressConfig
 	Lookup   LookupConfig
 	Backends backend.Config
+	Metrics  MetricsConfig
 
 	// SecretFiles are the password files named, by key.
 	SecretFiles map[string]string
@@ -374,6 +382,11 @@ type raw struct {
 	Address         rawAddress  `yaml:"address"`
 	Lookup          rawLookup   `yaml:"lookup"`
 	Backends        rawBackends `yaml:"backends"`
+	Metrics         rawMetrics  `yaml:"metrics"`
+}
+
+type rawMetrics struct {
+	Listen *string `yaml:"listen" cfg:"Metrics.Listen"`
 }
 
 type rawLog struct {
@@ -611,6 +624,12 @@ func (b *builder) build(r *raw) {
 	b.buildAddress(&r.Address)
 	b.buildLookup(&r.Lookup)
 	b.buildBackends(&r.Backends)
+	b.str(&b.c.Metrics.Listen, r.Metrics.Listen, "")
+	if l := b.c.Metrics.Listen; l != "" {
+		if _, _, err := net.SplitHostPort(l); err != nil {
+			b.fail("metrics.listen", "%q: want host:port, e.g. 127.0.0.1:9425", l)
+		}
+	}
 	b.applyModeFile()
 }
 

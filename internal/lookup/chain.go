@@ -54,6 +54,16 @@ type Result struct {
 type Chain struct {
 	sources []Source
 	timeout time.Duration
+	observe func(source string, answer Status, d time.Duration)
+}
+
+// WithObserver returns a copy of the chain that calls f after every
+// source's answer (Found, NotFound, or Unavailable for a failure), for
+// metrics. f must not block.
+func (c *Chain) WithObserver(f func(source string, answer Status, d time.Duration)) *Chain {
+	x := *c
+	x.observe = f
+	return &x
 }
 
 // NewChain returns a chain over sources, giving each source at most timeout
@@ -76,6 +86,16 @@ func (c *Chain) Resolve(ctx context.Context, mailbox string, trace bool) Result 
 		cancel()
 		if trace {
 			res.Trace = append(res.Trace, Answer{Source: s.Name(), Entry: e, Err: err, Dur: time.Since(start)})
+		}
+		if c.observe != nil {
+			a := Unavailable
+			switch {
+			case err == nil:
+				a = Found
+			case errors.Is(err, ErrNotFound):
+				a = NotFound
+			}
+			c.observe(s.Name(), a, time.Since(start))
 		}
 		switch {
 		case err == nil:

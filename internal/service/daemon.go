@@ -30,6 +30,7 @@ import (
 	"github.com/lmtpgate/lmtpgate/internal/control"
 	"github.com/lmtpgate/lmtpgate/internal/front"
 	"github.com/lmtpgate/lmtpgate/internal/journal"
+	"github.com/lmtpgate/lmtpgate/internal/metrics"
 	"github.com/lmtpgate/lmtpgate/internal/sdnotify"
 )
 
@@ -43,6 +44,8 @@ type Daemon struct {
 	notify   *sdnotify.Notifier
 	holder   *front.Holder // the one holder of the live snapshot
 	srv      *front.Server
+	metrics  *metrics.Metrics // nil without metrics.listen
+	cancel   context.CancelFunc
 	started  time.Time
 
 	sigs      chan os.Signal
@@ -108,7 +111,10 @@ func start(ctx context.Context, path, version string, stderr io.Writer) (*Daemon
 		signal.Stop(d.sigs)
 		return fail(err)
 	}
-	st, err := build(ctx, cfg, nil, log)
+	if cfg.Metrics.Listen != "" {
+		d.metrics = metrics.New(version, d.metricsState)
+	}
+	st, err := build(ctx, cfg, nil, log, d.metrics)
 	if err != nil {
 		closeAll(ls)
 		signal.Stop(d.sigs)
@@ -116,6 +122,19 @@ func start(ctx context.Context, path, version string, stderr io.Writer) (*Daemon
 	}
 	d.holder = front.NewHolder(st.rt)
 	d.srv = front.New(front.Options{Hostname: cfg.Hostname, Config: cfg.LMTP, Log: log}, d.holder)
+	if d.metrics != nil {
+		d.srv.SetHooks(front.Hooks{Recipient: d.metrics.Recipient})
+		mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		d.cancel = cancel
+		addr, err := d.metrics.Serve(mctx, cfg.Metrics.Listen, log)
+		if err != nil {
+			closeAll(ls)
+			signal.Stop(d.sigs)
+			retire(st, nil)
+			return fail(err)
+		}
+		log.Info("metrics endpoint listening", "addr", addr.String())
+	}
 
 	if cfg.ControlSocket != "" {
 		if d.ctl, err = control.Listen(cfg.ControlSocket); err != nil {
@@ -235,6 +254,9 @@ func (d *Daemon) stop() {
 		// A backend that does not answer QUIT is not worth a kill by
 		// systemd.
 	}
+	if d.cancel != nil {
+		d.cancel()
+	}
 	s := d.srv.Stats()
 	d.log.Info("lmtpgate stopped", "delivered", s.Delivered, "deferred", s.Deferred, "rejected", s.Rejected)
 }
@@ -282,7 +304,7 @@ func (d *Daemon) doReload(old *state) error {
 	for _, f := range restartOnly(old.cfg, cfg) {
 		d.log.Warn("setting changed; it takes effect at the next restart", "key", f)
 	}
-	st, err := build(context.Background(), cfg, old, d.log)
+	st, err := build(context.Background(), cfg, old, d.log, d.metrics)
 	if err != nil {
 		return err
 	}
@@ -317,6 +339,9 @@ func restartOnly(a, b *config.Config) []string {
 	}
 	if a.Log.Format != b.Log.Format {
 		out = append(out, "log.format")
+	}
+	if a.Metrics.Listen != b.Metrics.Listen {
+		out = append(out, "metrics.listen")
 	}
 	if a.WatchConfig != b.WatchConfig && b.WatchConfig {
 		out = append(out, "watch_config")
@@ -356,6 +381,16 @@ func (d *Daemon) status(lr time.Time, lre string) control.Status {
 		s.Stats = d.srv.Stats()
 	}
 	return s
+}
+
+// metricsState is what a scrape reads.
+func (d *Daemon) metricsState() metrics.State {
+	s := d.Status()
+	ms := metrics.State{Mode: s.Mode, Front: s.Stats, Backends: s.Backends, LastReload: s.LastReload, LastReloadFail: s.LastReloadError != ""}
+	for _, src := range s.Sources {
+		ms.Sources = append(ms.Sources, metrics.Source{Name: src.Name, Health: src.Health})
+	}
+	return ms
 }
 
 func (d *Daemon) handleControl(req control.Request) control.Response {

@@ -73,7 +73,7 @@ func backendLine(h backend.Health) string {
 // for addrs and tears it down: `lmtpgate resolve --local`, or when no daemon
 // runs.
 func ResolveLocal(ctx context.Context, cfg *config.Config, addrs []string, log *slog.Logger) ([]control.ResolveResult, error) {
-	st, err := build(ctx, cfg, nil, log)
+	st, err := build(ctx, cfg, nil, log, nil)
 	if err != nil {
 		return nil, err
 	}

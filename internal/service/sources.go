@@ -12,6 +12,7 @@ import (
 	"github.com/lmtpgate/lmtpgate/internal/front"
 	"github.com/lmtpgate/lmtpgate/internal/lookup"
 	"github.com/lmtpgate/lmtpgate/internal/mboxlist"
+	"github.com/lmtpgate/lmtpgate/internal/metrics"
 	"github.com/lmtpgate/lmtpgate/internal/mupdate"
 )
 
@@ -51,7 +52,7 @@ type mupdateKey struct {
 // build makes the routing state for cfg, taking over from prev every part
 // whose settings are unchanged. On error nothing of the new state is left
 // running and prev is untouched.
-func build(ctx context.Context, cfg *config.Config, prev *state, log *slog.Logger) (*state, error) {
+func build(ctx context.Context, cfg *config.Config, prev *state, log *slog.Logger, m *metrics.Metrics) (*state, error) {
 	st := &state{cfg: cfg, parts: map[string]part{}}
 	var created []closer
 	fail := func(err error) (*state, error) {
@@ -95,16 +96,24 @@ func build(ctx context.Context, cfg *config.Config, prev *state, log *slog.Logge
 
 	obj, ok := reuse("backends", cfg.Backends)
 	if !ok {
-		obj = backend.NewPool(cfg.Backends, log)
+		pool := backend.NewPool(cfg.Backends, log)
+		if m != nil {
+			pool.SetObserver(m.BackendDelivery)
+		}
+		obj = pool
 		created = append(created, obj)
 	}
 	st.parts["backends"] = part{key: cfg.Backends, obj: obj}
 	st.pool = obj.(*backend.Pool)
 
+	chain := lookup.NewChain(cfg.Lookup.Timeout, sources...)
+	if m != nil {
+		chain = chain.WithObserver(m.Lookup)
+	}
 	st.rt = &front.Runtime{
 		Mode:                 string(cfg.Mode),
 		Address:              cfg.Address.Settings,
-		Chain:                lookup.NewChain(cfg.Lookup.Timeout, sources...),
+		Chain:                chain,
 		Backends:             st.pool,
 		VerifyRcpt:           cfg.Backends.VerifyRcpt,
 		OverQuotaPermFailure: cfg.Address.OverQuotaPermFailure,

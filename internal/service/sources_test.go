@@ -42,7 +42,7 @@ func TestBuildReusesUnchangedSourcesAndDropsTheMaster(t *testing.T) {
   local_mupdate: {address: "` + local.Addr() + `", authname: mupdate, password: mupdatepw}
 `
 	ctx := context.Background()
-	st1, err := build(ctx, loadConfig(t, dir, yaml), nil, log)
+	st1, err := build(ctx, loadConfig(t, dir, yaml), nil, log, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +50,7 @@ func TestBuildReusesUnchangedSourcesAndDropsTheMaster(t *testing.T) {
 	if res.Status != lookup.Found || res.Source != "master-mupdate" {
 		t.Fatalf("first state: %+v", res)
 	}
-	st2, err := build(ctx, loadConfig(t, dir, "mode: no-master\n"+yaml), st1, log)
+	st2, err := build(ctx, loadConfig(t, dir, "mode: no-master\n"+yaml), st1, log, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
