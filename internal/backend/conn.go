@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"golang.org/x/sys/unix"
 )
 
 // conn is one backend connection, set up (greeted, LHLO done, TLS and AUTH
@@ -214,18 +216,37 @@ func containsWord(list, w string) bool {
 }
 
 // clean reports whether nothing unread is waiting on the connection: no
-// byte buffered and none readable on the socket. A connection with a reply
-// we did not ask for must never serve another transaction, where that
-// reply would be taken for the answer to a later command.
+// byte buffered and none readable on the socket, and the peer has not
+// closed it. A connection with a reply we did not ask for must never serve
+// another transaction, where that reply would be taken for the answer to a
+// later command. The socket is looked at without blocking and without
+// touching deadlines (MSG_PEEK|MSG_DONTWAIT).
 func (c *conn) clean() bool {
 	if c.r.Buffered() > 0 {
 		return false
 	}
-	c.raw.SetReadDeadline(time.Now())
-	_, err := c.r.Peek(1)
-	c.raw.SetReadDeadline(time.Time{})
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+	nc := c.raw
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	idle := false
+	err = rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, e := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		// EAGAIN: nothing there. n == 0: the peer closed. Anything else
+		// read, or an error, is not clean.
+		idle = e == unix.EAGAIN || (e == unix.EWOULDBLOCK && n <= 0)
+		return true
+	})
+	return err == nil && idle
 }
 
 // noop checks a connection that sat idle.

@@ -184,7 +184,7 @@ func (p *Pool) server(name string) *server {
 func (p *Pool) Begin(ctx context.Context, server string, env Envelope) *Txn {
 	s := p.server(server)
 	tctx, cancel := context.WithCancel(ctx)
-	t := &Txn{p: p, srv: s, env: env, ctx: tctx, cancel: cancel, byAddr: map[string]*Rcpt{},
+	t := &Txn{p: p, srv: s, env: env, ctx: tctx, cancel: cancel,
 		wake: make(chan struct{}, 1), done: make(chan struct{})}
 	s.mu.Lock()
 	s.inflight++

@@ -61,6 +61,34 @@ func readReply(r *bufio.Reader) (*smtp.SMTPError, error) {
 	return &smtp.SMTPError{Code: code, EnhancedCode: ec, Message: strings.Join(texts, "\n")}, nil
 }
 
+// readCode reads one reply on the transaction's hot path. A single-line
+// positive reply (2xx, or 354) costs no allocation: only its code is
+// returned, with a nil reply. Anything else is read whole, as readReply
+// does, and returned.
+func readCode(r *bufio.Reader) (int, *smtp.SMTPError, error) {
+	line, err := r.Peek(4)
+	if err == nil && line[3] == ' ' {
+		code := int(line[0]-'0')*100 + int(line[1]-'0')*10 + int(line[2]-'0')
+		if line[0] >= '2' && line[0] <= '3' && line[1] >= '0' && line[1] <= '9' && line[2] >= '0' && line[2] <= '9' &&
+			(code/100 == 2 || code == 354) {
+			// Skip the line without copying it.
+			frag, err := r.ReadSlice('\n')
+			for err == bufio.ErrBufferFull && len(frag) > 0 {
+				frag, err = r.ReadSlice('\n')
+			}
+			if err != nil {
+				return 0, nil, err
+			}
+			return code, nil, nil
+		}
+	}
+	rep, err := readReply(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	return rep.Code, rep, nil
+}
+
 // readLine returns one line without CR LF, refusing one over maxReplyLine.
 func readLine(r *bufio.Reader) (string, error) {
 	var long []byte

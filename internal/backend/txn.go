@@ -177,7 +177,6 @@ type Txn struct {
 
 	mu      sync.Mutex
 	rcpts   []*Rcpt
-	byAddr  map[string]*Rcpt
 	queued  []*Rcpt
 	body    io.Reader
 	data    bool
@@ -195,12 +194,13 @@ type Txn struct {
 func (t *Txn) Rcpt(addr string, verify bool) *Rcpt {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if r, ok := t.byAddr[addr]; ok {
-		return r
+	for _, r := range t.rcpts {
+		if r.Addr == addr {
+			return r
+		}
 	}
 	r := &Rcpt{Addr: addr, answered: make(chan struct{}), final: make(chan struct{}), verify: verify}
 	t.rcpts = append(t.rcpts, r)
-	t.byAddr[addr] = r
 	switch {
 	case t.failed != nil:
 		res := *t.failed
@@ -472,7 +472,7 @@ func (s *session) readOne() bool {
 		return true
 	}
 	s.c.raw.SetReadDeadline(time.Now().Add(s.t.p.cfg.CommandTimeout))
-	rep, err := readReply(s.c.r)
+	code, rep, err := readCode(s.c.r)
 	if err != nil && s.reused && !s.answered && s.t.ctx.Err() == nil && isBroken(err) {
 		// A pooled connection the backend closed while it sat idle:
 		// nothing was accepted on it, so the commands go again on a
@@ -498,12 +498,12 @@ func (s *session) readOne() bool {
 	s.pend = s.pend[1:]
 	switch p.kind {
 	case 'M':
-		if rep.Code/100 == 2 {
+		if code/100 == 2 {
 			s.mailOK = true
 			return true
 		}
-		if !validReply(rep.Code) {
-			s.fail(StageMail, fmt.Errorf("%w: unexpected MAIL reply %s", ErrProtocol, FormatReply(rep)))
+		if !validReply(code) {
+			s.fail(StageMail, fmt.Errorf("%w: unexpected MAIL reply %d", ErrProtocol, code))
 			return false
 		}
 		s.mailRep = rep
@@ -515,27 +515,27 @@ func (s *session) readOne() bool {
 			// MAIL was refused; what the backend says to RCPT after that
 			// is no news.
 			r.resolve(Result{Rcpt: r.Addr, Stage: StageMail, Reply: s.mailRep})
-		case rep.Code/100 == 2:
+		case code/100 == 2:
 			s.accepted = append(s.accepted, r)
 			r.resolveAnswer(Result{Rcpt: r.Addr, Stage: StageRcpt})
-		case validReply(rep.Code):
+		case validReply(code):
 			s.t.srv.refused.Add(1)
 			r.resolve(Result{Rcpt: r.Addr, Stage: StageRcpt, Reply: rep})
 		default:
 			// Neither acceptance nor refusal: we no longer know what the
 			// backend thinks, so nobody waiting can be answered.
-			s.fail(StageRcpt, fmt.Errorf("%w: unexpected RCPT reply %s", ErrProtocol, FormatReply(rep)))
+			s.fail(StageRcpt, fmt.Errorf("%w: unexpected RCPT reply %d", ErrProtocol, code))
 			return false
 		}
 	case 'D':
 		switch {
-		case rep.Code == 354 && len(s.accepted) > 0 && s.mailOK:
+		case code == 354 && len(s.accepted) > 0 && s.mailOK:
 			s.dataOK = true
-		case rep.Code == 354:
+		case code == 354:
 			// Go-ahead with nobody to deliver to: the only way out
 			// without storing an empty message is to hang up.
 			s.broken = true
-		case validReply(rep.Code):
+		case validReply(code):
 			s.t.srv.refused.Add(uint64(len(s.accepted)))
 			for _, r := range s.accepted {
 				r.resolve(Result{Rcpt: r.Addr, Stage: StageData, Reply: rep})
@@ -543,7 +543,7 @@ func (s *session) readOne() bool {
 			s.accepted = nil
 			s.broken = true
 		default:
-			s.fail(StageData, fmt.Errorf("%w: unexpected DATA reply %s", ErrProtocol, FormatReply(rep)))
+			s.fail(StageData, fmt.Errorf("%w: unexpected DATA reply %d", ErrProtocol, code))
 			return false
 		}
 	}
@@ -638,20 +638,20 @@ func (s *session) dataPhase(body io.Reader) {
 	// Final replies: one per accepted RCPT, in order (RFC 2033 §4.2).
 	for _, r := range s.accepted {
 		s.c.raw.SetReadDeadline(earliest(time.Now().Add(s.t.p.cfg.CommandTimeout), txnEnd))
-		rep, err := readReply(s.c.r)
+		code, rep, err := readCode(s.c.r)
 		if err != nil {
 			s.fail(StageData, fmt.Errorf("reading final replies: %w", err))
 			return
 		}
-		if rep.Code/100 != 2 && !validReply(rep.Code) {
-			s.fail(StageData, fmt.Errorf("%w: unexpected final reply %s", ErrProtocol, FormatReply(rep)))
+		if code/100 != 2 && !validReply(code) {
+			s.fail(StageData, fmt.Errorf("%w: unexpected final reply %d", ErrProtocol, code))
 			return
 		}
 		res := Result{Rcpt: r.Addr, Stage: StageDone}
-		if rep.Code != 250 {
+		if code != 250 {
 			res.Reply = rep
 		}
-		if rep.Code/100 == 2 {
+		if code/100 == 2 {
 			s.t.srv.delivered.Add(1)
 		} else {
 			s.t.srv.refused.Add(1)

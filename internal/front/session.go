@@ -70,13 +70,14 @@ func (s *session) endTxn() {
 	for _, t := range s.txns {
 		t.Abort()
 	}
-	s.txns = nil
+	clear(s.txns)
 	if s.release != nil {
 		s.release()
 		s.release = nil
 	}
 	s.rt = nil
-	s.rcpts = nil
+	clear(s.rcpts)
+	s.rcpts = s.rcpts[:0]
 	s.from, s.authID = "", ""
 	s.inTxn = false
 }
@@ -325,10 +326,11 @@ func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 // instead of a reset connection. It returns the message's size and why it
 // cannot be delivered, if so.
 func (s *session) receive(r io.Reader, sp *spool.Spool) (int64, error) {
-	bp := bufPool.Get().(*[]byte)
+	bp, op := bufPool.Get().(*[]byte), bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
+	defer func() { bufPool.Put(op) }()
 	buf := *bp
-	out := s.traceHeaders()
+	out := s.traceHeaders((*op)[:0])
 	var enc wire.Encoder
 	var size int64
 	var refused, werr error
@@ -349,9 +351,11 @@ func (s *session) receive(r io.Reader, sp *spool.Spool) (int64, error) {
 			break
 		}
 		if rerr != nil {
+			*op = out[:cap(out)]
 			return size, rerr
 		}
 	}
+	*op = out[:cap(out)]
 	if refused != nil {
 		return size, refused
 	}
@@ -374,30 +378,40 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }
 // traceHeaders are prepended to the message as Cyrus's frontend does, so a
 // message stored through lmtpgate looks as it would through Cyrus:
 // Return-Path (RFC 5321 §4.4) and a Received line naming this hop.
-func (s *session) traceHeaders() []byte {
-	var b strings.Builder
-	b.WriteString("Return-Path: ")
-	b.WriteString(backend.FormatPath(s.from))
-	b.WriteString("\r\n")
+func (s *session) traceHeaders(b []byte) []byte {
+	b = append(b, "Return-Path: "...)
+	b = append(b, backend.FormatPath(s.from)...)
+	b = append(b, "\r\nReceived: from "...)
+	b = appendSanitized(b, s.helo)
+	b = append(b, " ("...)
 	remote := s.remote
 	if remote == "" || remote == "@" {
 		remote = "local"
 	}
-	fmt.Fprintf(&b, "Received: from %s (%s)\r\n\tby %s (lmtpgate) with LMTP id %s;\r\n\t%s\r\n",
-		sanitize(s.helo), sanitize(remote), s.srv.opts.Hostname, s.id, time.Now().Format(time.RFC1123Z))
-	return []byte(b.String())
+	b = appendSanitized(b, remote)
+	b = append(b, ")\r\n\tby "...)
+	b = append(b, s.srv.opts.Hostname...)
+	b = append(b, " (lmtpgate) with LMTP id "...)
+	b = append(b, s.id...)
+	b = append(b, ";\r\n\t"...)
+	b = time.Now().AppendFormat(b, time.RFC1123Z)
+	return append(b, "\r\n"...)
 }
 
-func sanitize(s string) string {
+// appendSanitized appends s with every byte that could break the header
+// (controls, spaces, parentheses, 8-bit) replaced by '_'; "unknown" for "".
+func appendSanitized(b []byte, s string) []byte {
 	if s == "" {
-		return "unknown"
+		return append(b, "unknown"...)
 	}
-	return strings.Map(func(r rune) rune {
-		if r < 0x21 || r > 0x7e || r == '(' || r == ')' {
-			return '_'
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x21 || c > 0x7e || c == '(' || c == ')' {
+			c = '_'
 		}
-		return r
-	}, s)
+		b = append(b, c)
+	}
+	return b
 }
 
 // hasControl reports whether an address has a control character (NUL, CR,
@@ -454,18 +468,30 @@ func resultAttrs(r backend.Result) []any {
 // person can read in `journalctl -f`.
 func (s *session) logOutcome(rc *recipient, rep *smtp.SMTPError, level slog.Level, extra ...any) {
 	c := code(rep)
-	var msg strings.Builder
+	outcome := "delivered "
 	switch {
 	case c < 300:
 		s.srv.ndelivered.Add(1)
-		msg.WriteString("delivered ")
 	case c < 500:
 		s.srv.ndeferred.Add(1)
-		msg.WriteString("deferred ")
+		outcome = "deferred "
 	default:
 		s.srv.nrejected.Add(1)
-		msg.WriteString("rejected ")
+		outcome = "rejected "
 	}
+	dur := time.Since(rc.started)
+	if h := s.srv.hooks.Load(); h.Recipient != nil {
+		ec := smtp.EnhancedCode{2, 1, 5}
+		if rep != nil {
+			ec = rep.EnhancedCode
+		}
+		h.Recipient(c, ec, rc.entry.Server, dur)
+	}
+	if !s.srv.log.Enabled(context.Background(), level) {
+		return
+	}
+	var msg strings.Builder
+	msg.WriteString(outcome)
 	msg.WriteString(rc.to)
 	if rc.addr.Mailbox != "" {
 		msg.WriteString(" → ")
@@ -483,19 +509,11 @@ func (s *session) logOutcome(rc *recipient, rep *smtp.SMTPError, level slog.Leve
 	if s.rt != nil {
 		mode = s.rt.Mode
 	}
-	dur := time.Since(rc.started)
 	attrs := append([]any{
 		"session", s.id, "from", s.from, "rcpt", rc.to, "mailbox", rc.addr.Mailbox, "backend", rc.entry.Server, "source", rc.source,
 		"code", c, "mode", mode, "dur_ms", dur.Milliseconds(),
 	}, extra...)
 	s.srv.log.Log(context.Background(), level, msg.String(), attrs...)
-	if h := s.srv.hooks.Load(); h.Recipient != nil {
-		ec := smtp.EnhancedCode{2, 1, 5}
-		if rep != nil {
-			ec = rep.EnhancedCode
-		}
-		h.Recipient(c, ec, rc.entry.Server, dur)
-	}
 }
 
 // cutSession drops the " SESSIONID=<…>" a reply text ends with; the log

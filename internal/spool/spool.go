@@ -40,7 +40,10 @@ type Spool struct {
 	done   bool  // Finish or Fail was called
 	err    error // set by Fail
 	closed bool
-	more   chan struct{} // closed and replaced whenever size, done or closed change
+	// more is closed and replaced when size, done or closed change and
+	// a reader waits for it (waiters > 0).
+	more    chan struct{}
+	waiters int
 }
 
 // New returns an empty spool that keeps up to memLimit bytes in memory and
@@ -129,8 +132,12 @@ func (s *Spool) end(err error) {
 
 // wake tells waiting Readers that something changed. s.mu is held.
 func (s *Spool) wake() {
+	if s.waiters == 0 {
+		return
+	}
 	close(s.more)
 	s.more = make(chan struct{})
+	s.waiters = 0
 }
 
 // Size returns the bytes written so far.
@@ -232,6 +239,7 @@ func (r *Reader) Read(p []byte) (int, error) {
 			return 0, err
 		}
 		more := s.more
+		s.waiters++
 		s.mu.Unlock()
 		select {
 		case <-more:
