@@ -8,11 +8,11 @@ LDFLAGS := -X main.version=$(VERSION)
 
 # Debian packages the tests, the demo and the benchmark need. The Makefile
 # installs them itself, so a fresh machine needs nothing but Go and make.
-DEB_PKGS := cyrus-imapd cyrus-murder cyrus-clients cyrus-admin sasl2-bin \
+DEB_PKGS := cyrus-imapd cyrus-murder cyrus-clients cyrus-admin sasl2-bin postfix \
             rpm lintian mandoc systemd init-system-helpers adduser git ca-certificates \
             prometheus
 
-.PHONY: all build deps test test-short vet fmt-check demo bench package package-test verify-units fuzz clean
+.PHONY: all build deps test test-short test-postfix fault-matrix vet fmt-check demo bench package package-test verify-units fuzz clean
 
 all: build
 
@@ -41,6 +41,21 @@ vet:
 test: deps fmt-check vet
 	LMTPGATE_REQUIRE_CYRUS=1 $(GO) test -count=1 -timeout 12m ./...
 	$(MAKE) package-test
+
+# The Postfix suite alone (also part of `make test`): a private Postfix
+# delivers through lmtpgate into a real Cyrus murder while faults are
+# injected, in namespaces of its own (root needed).
+test-postfix: deps
+	LMTPGATE_REQUIRE_CYRUS=1 $(GO) test -count=1 -timeout 12m ./test/postfix/
+
+# Run the Postfix suite and write its fault matrix to docs/fault-matrix.md.
+# The table records failing rows too, so the target succeeds whenever the
+# table was written; the suite's own exit status is printed.
+fault-matrix: deps
+	@rm -f docs/fault-matrix.md.new
+	LMTPGATE_REQUIRE_CYRUS=1 LMTPGATE_FAULT_MATRIX=$(CURDIR)/docs/fault-matrix.md.new $(GO) test -count=1 -timeout 12m ./test/postfix/; \
+		echo "go test exit status $$?"
+	@test -s docs/fault-matrix.md.new && mv docs/fault-matrix.md.new docs/fault-matrix.md && echo "wrote docs/fault-matrix.md"
 
 # Unit tests only (fakes on loopback; the Cyrus suite is skipped).
 test-short:

@@ -69,6 +69,10 @@ func commonConf(dir, servername, sasldb string) string {
 	kv("mboxname_lockpath", filepath.Join(dir, "run", "lock"))
 	kv("proc_path", filepath.Join(dir, "run", "proc"))
 	kv("sievedir", filepath.Join(dir, "sieve"))
+	// Syslog lines then say which instance logged them ("backend2/lmtp"
+	// instead of "cyrus/lmtp"): the backends run the same services, and
+	// even generate the same mailbox uniqueids.
+	kv("syslog_prefix", filepath.Base(dir))
 	// Cyrus 3 defaults, spelled out because every name in the lab's API
 	// depends on them: external names use "/" ("user/alice/Sub") and the
 	// alternate namespace.

@@ -26,7 +26,8 @@
 // others to Options.Dir and to those of its ancestors that lack it; this
 // needs root. Cyrus logs to syslog only: with no syslog daemon its messages
 // are lost, and LogTail returns only what master wrote to stdout/stderr.
-// To see Cyrus's syslog, run a datagram receiver on /dev/log yourself.
+// To see Cyrus's syslog, run a datagram receiver on /dev/log yourself; each
+// instance logs under its own name ("backend2/lmtp[PID]").
 //
 // Every Cyrus master is a child process of the test in a process group of
 // its own; Close stops each group (SIGTERM, SIGKILL after a grace period)

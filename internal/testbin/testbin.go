@@ -58,8 +58,10 @@ type Daemon struct {
 	Dir     string
 	Config  string // config file path
 	LMTP    string // TCP address it listens on
+	Unix    string // unix socket it listens on too, or ""
 	Control string // control socket path
 	out     *testkit.SyncBuffer
+	env     []string
 	done    chan struct{}
 	err     error
 }
@@ -81,27 +83,59 @@ func FreePort(t testing.TB, host string) string {
 // stopped with SIGTERM when the test ends.
 func Start(t testing.TB, config string, env ...string) *Daemon {
 	t.Helper()
+	return StartOpts(t, Options{Config: config, Env: env})
+}
+
+// Options are what StartOpts takes.
+type Options struct {
+	// Config is YAML without listen, control_socket and state_dir.
+	Config string
+	// Env is added to the daemon's environment.
+	Env []string
+	// Unix, when set, is the path of a unix socket the daemon listens on
+	// besides its TCP port (Daemon.Unix). The caller chooses it because a
+	// socket path must be short (sun_path) and reachable by the client.
+	Unix string
+}
+
+// StartOpts is Start with a unix listener or an environment.
+func StartOpts(t testing.TB, o Options) *Daemon {
+	t.Helper()
 	bin := Build(t)
 	dir := t.TempDir()
-	d := &Daemon{Dir: dir, LMTP: FreePort(t, "127.0.0.1"), Control: filepath.Join(dir, "control.sock"), out: &testkit.SyncBuffer{}, done: make(chan struct{})}
+	d := &Daemon{Dir: dir, LMTP: FreePort(t, "127.0.0.1"), Unix: o.Unix, Control: filepath.Join(dir, "control.sock"), out: &testkit.SyncBuffer{}, env: o.Env}
 	d.Config = filepath.Join(dir, "lmtpgate.yaml")
-	full := fmt.Sprintf("listen: [\"tcp:%s\"]\ncontrol_socket: %s\nstate_dir: %s\n%s", d.LMTP, d.Control, dir, config)
+	listen := fmt.Sprintf("%q", "tcp:"+d.LMTP)
+	if o.Unix != "" {
+		listen += fmt.Sprintf(", %q", "unix:"+o.Unix)
+	}
+	full := fmt.Sprintf("listen: [%s]\ncontrol_socket: %s\nstate_dir: %s\n%s", listen, d.Control, dir, o.Config)
 	if err := os.WriteFile(d.Config, []byte(full), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d.Cmd = exec.Command(bin, "serve", "-c", d.Config)
-	d.Cmd.Env = append(os.Environ(), env...)
-	d.Cmd.Stdout, d.Cmd.Stderr = d.out, d.out
-	if err := d.Cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.err = d.Cmd.Wait(); close(d.done) }()
 	t.Cleanup(func() {
 		d.Stop(t)
 		if t.Failed() {
 			t.Logf("lmtpgate output:\n%s", d.Output())
 		}
 	})
+	d.run(t, bin)
+	return d
+}
+
+// run starts the daemon process and waits until it listens.
+func (d *Daemon) run(t testing.TB, bin string) {
+	t.Helper()
+	d.Cmd = exec.Command(bin, "serve", "-c", d.Config)
+	d.Cmd.Env = append(os.Environ(), d.env...)
+	d.Cmd.Stdout, d.Cmd.Stderr = d.out, d.out
+	d.done = make(chan struct{})
+	if err := d.Cmd.Start(); err != nil {
+		d.Cmd = nil
+		t.Fatal(err)
+	}
+	cmd, done := d.Cmd, d.done
+	go func() { d.err = cmd.Wait(); close(done) }()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		c, err := net.DialTimeout("tcp", d.LMTP, time.Second)
@@ -110,7 +144,7 @@ func Start(t testing.TB, config string, env ...string) *Daemon {
 			break
 		}
 		select {
-		case <-d.done:
+		case <-done:
 			t.Fatalf("lmtpgate exited at start: %v\n%s", d.err, d.Output())
 		default:
 		}
@@ -126,7 +160,26 @@ func Start(t testing.TB, config string, env ...string) *Daemon {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return d
+}
+
+// Kill ends the daemon with SIGKILL, as a crash or the OOM killer would,
+// and waits until it is gone.
+func (d *Daemon) Kill() {
+	d.Cmd.Process.Kill()
+	<-d.done
+}
+
+// Restart starts the daemon again with the same configuration, addresses
+// and state directory after it has exited (Kill, a crash); its output
+// continues in the same buffer.
+func (d *Daemon) Restart(t testing.TB) {
+	t.Helper()
+	select {
+	case <-d.done:
+	default:
+		t.Fatal("testbin: Restart of a daemon that is still running")
+	}
+	d.run(t, Build(t))
 }
 
 // Output returns everything the daemon logged so far.
@@ -167,6 +220,9 @@ func (d *Daemon) Signal(sig syscall.Signal) error { return d.Cmd.Process.Signal(
 
 // Stop sends SIGTERM and waits for the daemon to exit (SIGKILL after 60 s).
 func (d *Daemon) Stop(t testing.TB) error {
+	if d.Cmd == nil || d.Cmd.Process == nil {
+		return nil
+	}
 	select {
 	case <-d.done:
 		return d.err
