@@ -3,6 +3,7 @@ package front
 import (
 	"bytes"
 	"errors"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -29,9 +30,9 @@ const maxDataLine = 64 << 20
 // things go-smtp cannot:
 //
 //   - It bounds lines itself (go-smtp's MaxLineLength is off). A command
-//     line that is too long is read to its end, and only then is go-smtp
-//     told (smtp.ErrTooLongLine), so that its "500 Too long line" reply
-//     reaches a client that is no longer sending, instead of a TCP reset.
+//     line that is too long is read to its end, and only then answered
+//     ("500 5.5.2 Line too long") and the connection ended, so that the
+//     reply reaches a client that is no longer sending, instead of a reset.
 //     The octets of a BDAT chunk are not lines and are not bounded; while a
 //     message is received in DATA the bound is far higher, because the
 //     front end refuses the message itself and must read it to its end.
@@ -129,10 +130,18 @@ func (c *mtaConn) scan(p []byte) int {
 			if j < 0 {
 				break
 			}
-			// The refused line ended. go-smtp hears of it now, answers
-			// and closes; nothing after it is passed on.
+			// The refused line ended; nothing after it is passed on. A
+			// command line is answered here and the connection ends (go-
+			// smtp takes EOF quietly); in a message, go-smtp's reader gets
+			// the error and the message is refused.
 			c.draining, c.lineLen, c.head = false, 0, c.head[:0]
-			c.pendingErr = smtp.ErrTooLongLine
+			if c.dataMode {
+				c.pendingErr = smtp.ErrTooLongLine
+			} else {
+				c.Conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+				c.Conn.Write([]byte("500 5.5.2 Line too long, closing connection\r\n"))
+				c.pendingErr = io.EOF
+			}
 			break
 		}
 		if c.chunk > 0 {
