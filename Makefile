@@ -8,10 +8,14 @@ LDFLAGS := -X main.version=$(VERSION)
 
 # Debian packages the tests, the demo and the benchmark need. The Makefile
 # installs them itself, so a fresh machine needs nothing but Go and make.
+# systemd-container and debootstrap are for the real-systemd suite
+# (test/systemd); installing them upgrades the host's systemd packages to
+# the current point release.
 DEB_PKGS := cyrus-imapd cyrus-murder cyrus-clients cyrus-admin sasl2-bin \
-            rpm lintian mandoc systemd init-system-helpers adduser git ca-certificates
+            rpm lintian mandoc systemd init-system-helpers adduser git ca-certificates \
+            systemd-container debootstrap
 
-.PHONY: all build deps test test-short vet fmt-check demo bench package package-test verify-units fuzz clean
+.PHONY: all build deps test test-short vet fmt-check demo bench package package-test test-systemd verify-units fuzz clean
 
 all: build
 
@@ -40,6 +44,7 @@ vet:
 test: deps fmt-check vet
 	LMTPGATE_REQUIRE_CYRUS=1 $(GO) test -count=1 -timeout 12m ./...
 	$(MAKE) package-test
+	$(MAKE) test-systemd
 
 # Unit tests only (fakes on loopback; the Cyrus suite is skipped).
 test-short:
@@ -57,6 +62,11 @@ package:
 
 package-test: deps
 	packaging/package-test.sh
+
+# The package installed and driven in Debian 12 booted with systemd 252 in
+# systemd-nspawn (root; the Debian tree is cached in /var/cache/lmtpgate-test).
+test-systemd: deps
+	test/systemd/run.sh
 
 verify-units:
 	packaging/verify-units.sh
