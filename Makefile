@@ -8,11 +8,15 @@ LDFLAGS := -X main.version=$(VERSION)
 
 # Debian packages the tests, the demo and the benchmark need. The Makefile
 # installs them itself, so a fresh machine needs nothing but Go and make.
+# postfix is for the Postfix suite (test/postfix); systemd-container and
+# debootstrap for the real-systemd suite (test/systemd); installing them
+# upgrades the host's systemd packages to the current point release;
+# prometheus brings promtool, which checks the metrics and alerting rules.
 DEB_PKGS := cyrus-imapd cyrus-murder cyrus-clients cyrus-admin sasl2-bin postfix \
             rpm lintian mandoc systemd init-system-helpers adduser git ca-certificates \
-            prometheus
+            systemd-container debootstrap prometheus
 
-.PHONY: all build deps test test-short test-postfix fault-matrix vet fmt-check demo bench package package-test verify-units fuzz clean
+.PHONY: all build deps test test-short test-postfix fault-matrix vet fmt-check demo bench package package-test test-systemd verify-units fuzz clean
 
 all: build
 
@@ -43,6 +47,7 @@ vet:
 test: deps fmt-check vet
 	LMTPGATE_REQUIRE_CYRUS=1 $(GO) test -count=1 -timeout 12m ./...
 	$(MAKE) package-test
+	$(MAKE) test-systemd
 
 # The Postfix suite alone (also part of `make test`): a private Postfix
 # delivers through lmtpgate into a real Cyrus murder while faults are
@@ -75,6 +80,11 @@ package:
 
 package-test: deps
 	packaging/package-test.sh
+
+# The package installed and driven in Debian 12 booted with systemd 252 in
+# systemd-nspawn (root; the Debian tree is cached in /var/cache/lmtpgate-test).
+test-systemd: deps
+	test/systemd/run.sh
 
 verify-units:
 	packaging/verify-units.sh

@@ -19,6 +19,7 @@ import (
 
 	"github.com/lmtpgate/lmtpgate/internal/config"
 	"github.com/lmtpgate/lmtpgate/internal/control"
+	"github.com/lmtpgate/lmtpgate/internal/journal"
 	"github.com/lmtpgate/lmtpgate/internal/service"
 )
 
@@ -68,13 +69,35 @@ func main() {
 		os.Exit(2)
 	case errors.As(err, &ee):
 		if ee.msg != "" {
-			fmt.Fprintln(os.Stderr, "lmtpgate:", ee.msg)
+			fmt.Fprint(os.Stderr, errorLines(ee, journal.StderrIsStream()))
 		}
 		os.Exit(ee.code)
 	default:
-		fmt.Fprintln(os.Stderr, "lmtpgate:", err)
+		fmt.Fprint(os.Stderr, errorLines(err, journal.StderrIsStream()))
 		os.Exit(1)
 	}
+}
+
+// errorLines formats the error that ends a command. Under systemd two such
+// errors matter: the one that keeps `lmtpgate serve` from starting and the
+// rejection that `lmtpgate reload` reports to `systemctl reload`. Both go
+// to stderr, which journald logs at the stream's level, info, so
+// `journalctl -p err` would not show them. When stderr is a journal
+// stream, each line carries sd-daemon(3)'s "<3>" (LOG_ERR) prefix, which
+// journald strips and takes as the line's priority; elsewhere (a terminal,
+// a file) the text stays plain.
+func errorLines(err error, journalStream bool) string {
+	text := "lmtpgate: " + err.Error()
+	if !journalStream {
+		return text + "\n"
+	}
+	var b strings.Builder
+	for _, line := range strings.Split(text, "\n") {
+		b.WriteString("<3>")
+		b.WriteString(line)
+		b.WriteByte('\n')
+	}
+	return b.String()
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -14,6 +17,11 @@ import (
 // that check does not apply an installed unit's sandbox to test paths
 // under /tmp; TestCheckSandbox sets the unit itself.
 func TestMain(m *testing.M) {
+	if os.Getenv("LMTPGATE_RUN_MAIN") != "" {
+		os.Args = append([]string{"lmtpgate"}, strings.Fields(os.Getenv("LMTPGATE_RUN_MAIN"))...)
+		main()
+		os.Exit(0)
+	}
 	os.Setenv("LMTPGATE_UNIT", "/nonexistent/lmtpgate.service")
 	os.Exit(m.Run())
 }
@@ -152,4 +160,90 @@ func TestModeRefusedIsNotWritten(t *testing.T) {
 	if out, err := runCmd(t, "mode", "-c", cfg); err != nil || !strings.HasPrefix(out, "master (from config)") {
 		t.Fatalf("after clear: %q %v", out, err)
 	}
+}
+
+func TestErrorLines(t *testing.T) {
+	tests := []struct {
+		name    string
+		err     error
+		journal bool
+		want    string
+	}{
+		{"plain", errors.New("bad key"), false, "lmtpgate: bad key\n"},
+		{"journal stream", errors.New("bad key"), true, "<3>lmtpgate: bad key\n"},
+		{"plain, two lines", errors.New("one\ntwo"), false, "lmtpgate: one\ntwo\n"},
+		// journald splits a stream at newlines and reads the prefix of
+		// each line: every line needs its own.
+		{"journal stream, two lines", errors.New("one\ntwo"), true, "<3>lmtpgate: one\n<3>two\n"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := errorLines(tc.err, tc.journal); got != tc.want {
+				t.Errorf("errorLines = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestMain runs main itself when a test re-executes this binary with
+// LMTPGATE_RUN_MAIN set, so that the real stderr, environment and exit
+// status can be checked.
+
+// TestFatalErrorPriority runs a failing command with stderr on a file
+// and JOURNAL_STREAM naming that file (as systemd names the journal stream
+// it connects), another file, or nothing: only the first gets the "<3>"
+// priority prefix.
+func TestFatalErrorPriority(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing.yaml")
+	tests := []struct {
+		name   string
+		stream func(self, other os.FileInfo) string
+		prefix bool
+	}{
+		{"stderr is the journal stream", func(self, _ os.FileInfo) string { return devIno(t, self) }, true},
+		{"stderr redirected away from the stream", func(_, other os.FileInfo) string { return devIno(t, other) }, false},
+		{"no journal stream", func(_, _ os.FileInfo) string { return "" }, false},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			errPath := filepath.Join(dir, fmt.Sprintf("stderr%d", i))
+			f, err := os.Create(errPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			other, err := os.Create(errPath + ".other")
+			if err != nil {
+				t.Fatal(err)
+			}
+			other.Close()
+			self, _ := f.Stat()
+			otherInfo, _ := os.Stat(errPath + ".other")
+			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), "LMTPGATE_RUN_MAIN=check -c "+missing, "JOURNAL_STREAM="+tc.stream(self, otherInfo))
+			cmd.Stderr = f
+			runErr := cmd.Run()
+			var exit *exec.ExitError
+			if !errors.As(runErr, &exit) || exit.ExitCode() != 1 {
+				t.Fatalf("check of a missing file: %v, want exit status 1", runErr)
+			}
+			out, _ := os.ReadFile(errPath)
+			want := "lmtpgate: "
+			if tc.prefix {
+				want = "<3>" + want
+			}
+			if !strings.HasPrefix(string(out), want) || !strings.Contains(string(out), missing) {
+				t.Errorf("stderr = %q, want it to start with %q and name %s", out, want, missing)
+			}
+		})
+	}
+}
+
+func devIno(t *testing.T, fi os.FileInfo) string {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		t.Skip("no device and inode numbers on this system")
+	}
+	return fmt.Sprintf("%d:%d", st.Dev, st.Ino)
 }

@@ -37,21 +37,8 @@ func ShouldUse() bool { return Probe{}.ShouldUse() }
 //     socket exists and stderr is not a terminal: someone running lmtpgate
 //     by hand should see its log.
 func (p Probe) ShouldUse() bool {
-	getenv := p.Getenv
-	if getenv == nil {
-		getenv = os.Getenv
-	}
-	if js := getenv("JOURNAL_STREAM"); js != "" {
-		var dev, ino uint64
-		if _, err := fmt.Sscanf(js, "%d:%d", &dev, &ino); err != nil {
-			return false
-		}
-		stderrID := p.StderrID
-		if stderrID == nil {
-			stderrID = realStderrID
-		}
-		d, i, err := stderrID()
-		return err == nil && d == dev && i == ino
+	if p.getenv("JOURNAL_STREAM") != "" {
+		return p.StderrIsStream()
 	}
 	socket := p.Socket
 	if socket == "" {
@@ -66,6 +53,33 @@ func (p Probe) ShouldUse() bool {
 		isTerm = realStderrIsTerminal
 	}
 	return exists(socket) && !isTerm()
+}
+
+// StderrIsStream reports whether stderr is the journal stream systemd
+// connected it to: JOURNAL_STREAM is set and names stderr's device and
+// inode. Only then does journald read a "<N>" prefix on a line as its
+// priority (sd-daemon(3)).
+func StderrIsStream() bool { return Probe{}.StderrIsStream() }
+
+// StderrIsStream is the JOURNAL_STREAM half of ShouldUse; see there.
+func (p Probe) StderrIsStream() bool {
+	var dev, ino uint64
+	if _, err := fmt.Sscanf(p.getenv("JOURNAL_STREAM"), "%d:%d", &dev, &ino); err != nil {
+		return false
+	}
+	stderrID := p.StderrID
+	if stderrID == nil {
+		stderrID = realStderrID
+	}
+	d, i, err := stderrID()
+	return err == nil && d == dev && i == ino
+}
+
+func (p Probe) getenv(key string) string {
+	if p.Getenv == nil {
+		return os.Getenv(key)
+	}
+	return p.Getenv(key)
 }
 
 func realStderrID() (uint64, uint64, error) {

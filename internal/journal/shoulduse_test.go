@@ -44,6 +44,11 @@ func TestShouldUse(t *testing.T) {
 			if got := p.ShouldUse(); got != tc.want {
 				t.Errorf("ShouldUse() = %v, want %v", got, tc.want)
 			}
+			// The stream half alone: a socket or a missing terminal
+			// never makes stderr a journal stream.
+			if got, want := p.StderrIsStream(), tc.stream != "" && tc.want; got != want {
+				t.Errorf("StderrIsStream() = %v, want %v", got, want)
+			}
 			if askedSocket != "" && askedSocket != DefaultSocket {
 				t.Errorf("checked socket %q", askedSocket)
 			}
