@@ -865,9 +865,12 @@ func (b *builder) mupdate(key string, r *rawMupdate, def mupdate.Config, used bo
 		}
 	}
 	if budget := m.Budget(); budget >= b.c.Lookup.Timeout {
-		// Otherwise a server that hangs is ended by the caller's
-		// deadline before the client's own timeouts can see it.
-		b.fail("lookup.timeout", "%v is not longer than %s's dial_timeout + 2 x query_timeout (%v): a hung server would not be noticed", b.c.Lookup.Timeout, key, budget)
+		// Not an error: the client's breaker also opens when the
+		// caller's deadline ends a query. But a slow answer the
+		// client would still wait for is cut off, and a hung server
+		// costs the whole lookup budget before the next source in
+		// lookup.order is asked.
+		b.warn("lookup.timeout: %v is not longer than %s's dial_timeout + 2 x query_timeout (%v): a hung %s uses up the whole lookup before the next source is asked", b.c.Lookup.Timeout, key, budget, key)
 	}
 	if m.AuthName != "" && m.Password == "" {
 		b.problem(key+".password", "empty: the MUPDATE server will refuse the login of %q; set %s.password_file (or mupdate_password in imapd.conf)", m.AuthName, key)
@@ -972,7 +975,16 @@ func (b *builder) secret(key string, pw, file *string, used bool) (string, bool)
 		}
 		// A password file holds one line; a trailing newline from an
 		// editor is not part of the password.
-		return strings.TrimRight(string(data), "\r\n"), true
+		secret := strings.TrimRight(string(data), "\r\n")
+		if secret == "" {
+			// An empty file is a placeholder (the package ships
+			// them so): it does not override imapd.conf.
+			if used {
+				b.warn("%s: %s is empty; it is ignored, and the password comes from imapd.conf if set there", fileKey, *file)
+			}
+			return "", false
+		}
+		return secret, true
 	}
 	if pw != nil && *pw != "" {
 		return *pw, true

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -264,13 +265,41 @@ func TestUnknownKeySuggestsTheKnownOne(t *testing.T) {
 // and a stop must fit in the unit's TimeoutStopSec=.
 func TestBudgets(t *testing.T) {
 	dir := t.TempDir()
-	for _, tc := range []struct{ yaml, key string }{
-		{"lookup: {order: [master-mupdate], timeout: 5s, master_mupdate: {address: 'm:3905'}}\n", "lookup.timeout"},
-		{"shutdown_timeout: 41s\nlookup: {order: [master-mupdate], master_mupdate: {address: 'm:3905'}}\n", "shutdown_timeout"},
-	} {
-		p := writeFile(t, dir, "c.yaml", "state_dir: "+dir+"\n"+tc.yaml)
-		if _, err := Load(p); err == nil || !strings.Contains(err.Error(), tc.key) {
-			t.Errorf("%q: err %v, want it to name %s", tc.yaml, err, tc.key)
-		}
+	p := writeFile(t, dir, "c.yaml", "state_dir: "+dir+"\nshutdown_timeout: 41s\nlookup: {order: [master-mupdate], master_mupdate: {address: 'm:3905'}}\n")
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "shutdown_timeout") {
+		t.Errorf("shutdown_timeout 41s: err %v, want it to name shutdown_timeout", err)
+	}
+	// A lookup budget shorter than a MUPDATE source's own is allowed
+	// (the source's breaker still opens at the caller's deadline), with
+	// a warning: an existing configuration keeps loading.
+	p = writeFile(t, dir, "c.yaml", "state_dir: "+dir+"\nlookup: {order: [master-mupdate, local-mupdate], timeout: 5s, local_mupdate: {address: '127.0.0.1:3905'}, master_mupdate: {address: 'm:3905'}}\n")
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(c.Warnings, func(w string) bool { return strings.Contains(w, "lookup.timeout: 5s") }) {
+		t.Errorf("lookup.timeout 5s against a 9s MUPDATE budget: warnings %q, want one naming lookup.timeout", c.Warnings)
+	}
+}
+
+// An empty password file (the package ships them so) does not override
+// the password in imapd.conf, and says so.
+func TestEmptyPasswordFileDefersToImapdConf(t *testing.T) {
+	dir := t.TempDir()
+	imapd := writeFile(t, dir, "imapd.conf", "proxy_authname: proxy\nproxy_password: fromimapd\nmupdate_server: m\n")
+	pw := writeFile(t, dir, "proxy.pw", "\n")
+	if err := os.Chmod(pw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := writeFile(t, dir, "c.yaml", "state_dir: "+dir+"\nimapd_conf: "+imapd+"\nbackends: {password_file: "+pw+"}\n")
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Backends.Password != "fromimapd" {
+		t.Errorf("password %q, want imapd.conf's %q", c.Backends.Password, "fromimapd")
+	}
+	if !slices.ContainsFunc(c.Warnings, func(w string) bool { return strings.Contains(w, "is empty") }) {
+		t.Errorf("warnings %q, want one saying the password file is empty", c.Warnings)
 	}
 }

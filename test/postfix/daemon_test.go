@@ -105,7 +105,7 @@ func TestReloadsUnderLoad(t *testing.T) {
 		evs := waitEvents(t, p, time.Minute, "a delivery since the last reload", func(evs []postfixlab.Event) bool { return countSent(evs) > sent })
 		sent = countSent(evs)
 		conf := g.conf
-		conf.Lookup = []string{fmt.Sprintf("timeout: %ds", 4+i%2)}
+		conf.Lookup = []string{fmt.Sprintf("timeout: %ds", 10+i%2)}
 		g.reconfigure(t, l, conf)
 		if out, code := g.Run(t, "reload"); code != 0 {
 			errorf(t, "reload %d: exit %d: %s", i+1, code, out)
