@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,7 +52,7 @@ type DelayRelay struct {
 
 // relayChunk is the size of one read; a direction's queue holds
 // Window/relayChunk of them.
-const relayChunk = 32 << 10
+const relayChunk = 64 << 10
 
 // DefaultRelayWindow bounds the bytes waiting in one direction. At 8 MiB
 // and a 2 ms delay the link carries up to 4 GB/s, beyond what loopback
@@ -353,9 +354,12 @@ func (d *direction) write(dst *net.TCPConn, rc *relayConn) {
 // process is idle: the runtime then waits in epoll with a timeout in whole
 // milliseconds, rounded up, so a 0.5 ms sleep takes 1 ms or more. A
 // blocking nanosleep on this goroutine's thread, with the thread's timer
-// slack (50 µs by default) cut to 1 µs, does. Longer waits sleep on a Go
-// timer first (which dead can interrupt), leaving the last 2 ms, which
-// covers that rounding, to nanosleep.
+// slack (50 µs by default) cut to 1 µs, comes closer, but a sleeping CPU
+// (in a virtual machine above all) still wakes some tens of microseconds
+// late. So the sleep is cut short by wakeLate, the lateness seen recently,
+// and what is left when it is shorter than that is waited out by yielding.
+// Longer waits sleep on a Go timer first (which dead can interrupt),
+// leaving the last 2 ms, which covers its rounding, to nanosleep.
 func sleepUntil(t time.Time, dead <-chan struct{}) bool {
 	for {
 		select {
@@ -377,10 +381,40 @@ func sleepUntil(t time.Time, dead <-chan struct{}) bool {
 			}
 			continue
 		}
+		late := time.Duration(wakeLate.Load())
+		if d <= late {
+			runtime.Gosched()
+			continue
+		}
 		// Per thread; a thread keeps it, so setting it every time costs
 		// only a cheap syscall.
 		_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 1000, 0, 0, 0)
-		ts := unix.NsecToTimespec(int64(d))
-		_ = unix.Nanosleep(&ts, nil)
+		want := d - late
+		ts := unix.NsecToTimespec(int64(want))
+		t0 := time.Now()
+		if unix.Nanosleep(&ts, nil) == nil {
+			noteWakeLate(time.Since(t0) - want)
+		}
+	}
+}
+
+// wakeLate (nanoseconds) follows the lower edge of how late nanosleep
+// returns: it drops at once to a smaller lateness and rises slowly toward
+// a larger one, so that an odd slow wake-up does not make every later
+// sleep end early. Aiming at the lower edge keeps bytes from being
+// delivered before their time but by a microsecond or two.
+var wakeLate atomic.Int64
+
+// maxWakeLate bounds the correction: a stall longer than this is not
+// wake-up latency.
+const maxWakeLate = 200 * time.Microsecond
+
+func noteWakeLate(l time.Duration) {
+	l = min(max(l, 0), maxWakeLate)
+	cur := time.Duration(wakeLate.Load())
+	if l < cur {
+		wakeLate.Store(int64(l))
+	} else {
+		wakeLate.Store(int64(cur + (l-cur)/32))
 	}
 }

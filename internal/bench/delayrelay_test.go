@@ -117,7 +117,9 @@ func commonPrefix(a, b []byte) int {
 // correct relay can never beat however fast the machine: the greeting of a
 // server comes four one-way delays after connecting (handshake, then the
 // greeting itself), a round trip takes two, and a new delay applies to
-// bytes that arrive after SetDelay.
+// bytes that arrive after SetDelay. Each crossing may end up to
+// maxWakeLate early, as the relay aims early by the lateness of its
+// wake-ups (see sleepUntil).
 func TestDelayRelayDelays(t *testing.T) {
 	up := startUpstream(t, func(c *net.TCPConn) {
 		c.Write([]byte("hello\n"))
@@ -131,9 +133,13 @@ func TestDelayRelayDelays(t *testing.T) {
 	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "hello\n" {
 		t.Fatalf("greeting %q, %v", buf, err)
 	}
-	if el := time.Since(t0); el < 4*d {
-		t.Errorf("greeting after %v, want at least %v", el, 4*d)
+	atLeast := func(what string, el time.Duration, hops int) {
+		t.Helper()
+		if min := time.Duration(hops) * (d - maxWakeLate); el < min {
+			t.Errorf("%s after %v, want at least %v", what, el, min)
+		}
 	}
+	atLeast("greeting", time.Since(t0), 4)
 	rtt := func() time.Duration {
 		t0 := time.Now()
 		if _, err := c.Write([]byte("x")); err != nil {
@@ -145,17 +151,13 @@ func TestDelayRelayDelays(t *testing.T) {
 		return time.Since(t0)
 	}
 	for range 3 {
-		if el := rtt(); el < 2*d {
-			t.Errorf("round trip %v, want at least %v", el, 2*d)
-		}
+		atLeast("round trip", rtt(), 2)
 	}
 	r.SetDelay(3 * d)
 	if r.Delay() != 3*d {
 		t.Errorf("Delay = %v", r.Delay())
 	}
-	if el := rtt(); el < 6*d {
-		t.Errorf("round trip after SetDelay %v, want at least %v", el, 6*d)
-	}
+	atLeast("round trip after SetDelay to 3 delays", rtt(), 6)
 }
 
 // connectedAtHour connects through a relay without delay, checks the
@@ -260,7 +262,13 @@ func TestDelayRelayUnreachable(t *testing.T) {
 	dead := l.Addr().String()
 	l.Close()
 	r := startDelayRelay(t, dead, 0, 0)
-	c := dialTCP(t, r.Addr())
+	// The reset may come before connect has returned.
+	c, err := net.Dial("tcp", r.Addr())
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(60 * time.Second))
 	if _, err := io.ReadAll(c); err == nil {
 		t.Error("client saw a clean end from an unreachable target")
 	}
@@ -303,5 +311,69 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not reached in 30 s")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestProbeThroughRelay runs the probe protocol straight to a sink and
+// through a relay: every request is answered and every byte counted, and
+// through a 20 ms link each round trip takes at least 40 ms (less the
+// relay's early aim, see TestDelayRelayDelays).
+func TestProbeThroughRelay(t *testing.T) {
+	ctx := context.Background()
+	s, err := StartRequestSink(ctx, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r := startDelayRelay(t, s.Addr(), 20*time.Millisecond, 0)
+	var want int64
+	for _, addr := range []string{s.Addr(), r.Addr()} {
+		p, err := DialProbe(ctx, addr, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, size := range []int64{0, 1, 300 << 10, 3 << 20} {
+			ds, err := p.Requests(size, 2, time.Minute)
+			if err != nil || len(ds) != 2 {
+				t.Fatalf("%s: %d-byte requests: %v, %v", addr, size, ds, err)
+			}
+			want += 2 * size
+			if addr == r.Addr() {
+				for _, d := range ds {
+					if d < 2*(20*time.Millisecond-maxWakeLate) {
+						t.Errorf("%d bytes through a 20 ms link: %v", size, d)
+					}
+				}
+			}
+		}
+		p.Close()
+	}
+	if got := s.Bytes.Load(); got != want {
+		t.Errorf("sink read %d payload bytes, want %d", got, want)
+	}
+	if _, err := (&Probe{}).Requests(1, 0, time.Second); err == nil {
+		t.Error("count 0 accepted")
+	}
+}
+
+// TestNoteWakeLate checks the lateness estimate follows the lower edge:
+// down at once, up by a 32nd of the gap, never below 0 or above
+// maxWakeLate.
+func TestNoteWakeLate(t *testing.T) {
+	defer wakeLate.Store(wakeLate.Load())
+	for _, tc := range []struct {
+		cur, sample, want time.Duration
+	}{
+		{50 * time.Microsecond, 10 * time.Microsecond, 10 * time.Microsecond},
+		{10 * time.Microsecond, 42 * time.Microsecond, 11 * time.Microsecond},
+		{10 * time.Microsecond, -5 * time.Microsecond, 0},
+		{0, time.Second, maxWakeLate / 32},
+		{maxWakeLate, time.Second, maxWakeLate},
+	} {
+		wakeLate.Store(int64(tc.cur))
+		noteWakeLate(tc.sample)
+		if got := time.Duration(wakeLate.Load()); got != tc.want {
+			t.Errorf("from %v, sample %v: %v, want %v", tc.cur, tc.sample, got, tc.want)
+		}
 	}
 }
