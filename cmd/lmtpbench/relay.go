@@ -223,7 +223,7 @@ func renderLinkRows(w io.Writer, rows []linkRow, bigSize, bulk int64, pings, big
 		fmt.Fprintf(w, "| %s | %.3f | %.3f | %.3f | %s | %.2f | %s | %.0f | %s |\n", r.name, r.rtt.P50Ms, r.rtt.P99Ms, r.rtt.MaxMs,
 			added, r.big.P50Ms, expect, r.mibPerSec, orDashF(r.cpuMsPerMi, "%.3f"))
 	}
-	fmt.Fprintf(w, "\nThe client, the relay and the sink share the same cores, so the relayed throughput is bounded by the three of them together; it is far above what any LMTP run below moves (the mixed load moves well under 100 MiB/s).")
+	fmt.Fprintf(w, "\nThe client, the relay and the sink share the same cores, so the relayed throughput is bounded by the three of them together.")
 	fmt.Fprintf(w, " A stop-and-wait relay would take a delay per segment for the large request (hundreds of segments); this one takes the direct time plus one round trip.\n")
 }
 
