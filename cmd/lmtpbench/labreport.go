@@ -30,6 +30,8 @@ type labReport struct {
 	machine             *bench.Machine
 	nw                  *labNet
 	lab                 *murderlab.Lab
+	maxOther            float64
+	retries             int
 	plotFile            string // PNG beside results.md, or ""
 	relaySection        string // Markdown of the relay measured alone, or ""
 }
@@ -78,7 +80,7 @@ func (rep *labReport) render(w io.Writer) error {
 	for _, r := range append(append([]*labRun{}, rep.runs...), rep.big...) {
 		total += r.Res.Completed + rep.warmup*r.Res.Conns
 	}
-	p("Every run at every delay uses the same murder, the same mailboxes and the same seeded message sequence, and starts with %d messages per connection that are not counted, so that the connections a proxy keeps to the backends are open when the clock starts. lmtpgate runs as its own process, started afresh for each run; its CPU and peak RSS are sampled from /proc. Cyrus's figures are those of the frontend's whole process tree (master, lmtpd -a children, the mupdate replica and idle services), an upper bound for its LMTP proxy alone. The backends do the real work (each delivery is written and fsynced by a Cyrus lmtpd), so every run shares their cost; the mailboxes grow through the runs (about %d messages by the end). The bytes each run moved across the backends' relays are counted (last column): a run whose message bytes had not all crossed them would have stopped the benchmark.\n\n", rep.warmup, total)
+	p("Every run at every delay uses the same murder, the same mailboxes and the same seeded message sequence, and starts with %d messages per connection that are not counted, so that the connections a proxy keeps to the backends are open when the clock starts. lmtpgate runs as its own process, started afresh for each run; its CPU and peak RSS are sampled from /proc. Cyrus's figures are those of the frontend's whole process tree (master, lmtpd -a children, the mupdate replica and idle services), an upper bound for its LMTP proxy alone. The backends do the real work (each delivery is written and fsynced by a Cyrus lmtpd), so every run shares their cost; the mailboxes grow through the runs (about %d messages by the end). The bytes each run moved across the backends' relays are counted (column \"MiB to the backends\"): a run whose message bytes had not all crossed them would have stopped the benchmark. The machine is shared, so the CPU that other programs and the kernel's own threads (disk writeback among them) used during each run is measured too, from /proc/stat less what this benchmark's processes used (\"other CPU %%\", of one core); a run during which it passed %.0f%% was done again, up to %d more times, and the least disturbed attempt is shown.\n\n", rep.warmup, total, 100*rep.maxOther, rep.retries)
 	p("Runs:\n\n")
 	seen := map[string]bool{}
 	for _, r := range rep.runs {
@@ -94,8 +96,8 @@ func (rep *labReport) render(w io.Writer) error {
 	for li, ld := range rep.loads {
 		p("### Load %d: rcpts `%s`, sizes `%s`, %d connections, %d messages per run\n\n", li+1, ld.rm, ld.sm, rep.conns, rep.messages)
 		p("×a and ×d: deliveries/s of the run over those of run a and of run d at the same delay.\n\n")
-		p("| one-way delay | run | deliveries/s | msgs/s | ×a | ×d | p50 ms | p90 ms | p99 ms | max ms | CPU s / 1000 msgs | peak RSS MiB | 4xx | 5xx | no reply | MiB to the backends |\n")
-		p("|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+		p("| one-way delay | run | deliveries/s | msgs/s | ×a | ×d | p50 ms | p90 ms | p99 ms | max ms | CPU s / 1000 msgs | peak RSS MiB | 4xx | 5xx | no reply | MiB to the backends | other CPU %% |\n")
+		p("|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 		for _, d := range rep.delays {
 			a, dd := rep.find("a", d, li), rep.find("d", d, li)
 			for _, key := range rep.keys {
@@ -104,11 +106,11 @@ func (rep *labReport) render(w io.Writer) error {
 					continue
 				}
 				x := r.Res
-				p("| %s | %s | %.1f | %.1f | %s | %s | %.2f | %.2f | %.2f | %.2f | %s | %s | %d | %d | %d | %.1f |\n",
+				p("| %s | %s | %.1f | %.1f | %s | %s | %.2f | %.2f | %.2f | %.2f | %s | %s | %d | %d | %d | %.1f | %s |\n",
 					fmtDelay(d), key, x.DeliveriesPerSec, x.MsgsPerSec, rateRatio(r, a), rateRatio(r, dd),
 					x.Latency.P50Ms, x.Latency.P90Ms, x.Latency.P99Ms, x.Latency.MaxMs,
 					orDashF(x.CPUPer1000(), "%.2f"), orDashF(peakMiB(x), "%.1f"), x.Replies4xx, x.Replies5xx, x.NoReply,
-					float64(r.RelayUp)/(1<<20))
+					float64(r.RelayUp)/(1<<20), r.otherCell())
 			}
 		}
 		p("\n")
@@ -166,7 +168,7 @@ func (rep *labReport) render(w io.Writer) error {
 func (rep *labReport) renderBig(b *strings.Builder) {
 	fmt.Fprintf(b, "### Large messages: %s, one recipient, one connection, one-way delay %s\n\n", bench.FormatSize(rep.bigSize), fmtDelay(rep.bigDelay))
 	fmt.Fprintf(b, "%d messages per run, one after another, each to one recipient drawn from all backends, on the same murder after the runs above. Latency is from MAIL FROM to the last reply.\n\n", rep.bigMsgs)
-	fmt.Fprintf(b, "| run | p50 ms | mean ms | p90 ms | max ms | p50 ×d | mean ×d | CPU s / 1000 msgs | 4xx | 5xx | no reply |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	fmt.Fprintf(b, "| run | p50 ms | mean ms | p90 ms | max ms | p50 ×d | mean ×d | CPU s / 1000 msgs | 4xx | 5xx | no reply | other CPU %% |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	d := rep.findBig("d")
 	for _, r := range rep.big {
 		x := r.Res
@@ -174,10 +176,20 @@ func (rep *labReport) renderBig(b *strings.Builder) {
 		if d != nil {
 			p50, mean = ratio(x.Latency.P50Ms, d.Res.Latency.P50Ms), ratio(x.Latency.MeanMs, d.Res.Latency.MeanMs)
 		}
-		fmt.Fprintf(b, "| %s | %.1f | %.1f | %.1f | %.1f | %s | %s | %s | %d | %d | %d |\n", r.Key, x.Latency.P50Ms, x.Latency.MeanMs, x.Latency.P90Ms, x.Latency.MaxMs,
-			p50, mean, orDashF(x.CPUPer1000(), "%.1f"), x.Replies4xx, x.Replies5xx, x.NoReply)
+		fmt.Fprintf(b, "| %s | %.1f | %.1f | %.1f | %.1f | %s | %s | %s | %d | %d | %d | %s |\n", r.Key, x.Latency.P50Ms, x.Latency.MeanMs, x.Latency.P90Ms, x.Latency.MaxMs,
+			p50, mean, orDashF(x.CPUPer1000(), "%.1f"), x.Replies4xx, x.Replies5xx, x.NoReply, r.otherCell())
 	}
 	fmt.Fprintln(b)
+}
+
+// otherCell shows the CPU other programs took during the run, in percent
+// of one core, and how many attempts it took to get a quiet run.
+func (r *labRun) otherCell() string {
+	s := fmt.Sprintf("%.0f", 100*r.OtherCPU)
+	if r.Attempts > 1 {
+		s += fmt.Sprintf(" (best of %d)", r.Attempts)
+	}
+	return s
 }
 
 // target is one of lmtpgate's goals for a run across the network.

@@ -165,7 +165,7 @@ func TestLabRealCyrus(t *testing.T) {
 	defer cancel()
 	args := []string{"lab", "--dir", dir, "--mailboxes", "3", "--conns", "2", "--messages", "20",
 		"--rcpts-mix", "1:1,2x:1", "--size-mix", "1KiB:1", "--runs", "a,b,c,d", "--lmtpgate", gateBin,
-		"--delays", "0,1ms", "--gate-extra", "idle1=backends: {max_idle: 1}", "--big-messages", "2", "--big-size", "256KiB"}
+		"--delays", "0,1ms", "--gate-extra", "idle1=backends: {max_idle: 1}", "--big-messages", "2", "--big-size", "256KiB", "--retries", "0"}
 	plot := gnuplotAvailable() == nil
 	if plot {
 		args = append(args, "--plot", filepath.Join(dir, "network.png"))
