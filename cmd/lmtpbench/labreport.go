@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -32,6 +33,7 @@ type labReport struct {
 	lab                 *murderlab.Lab
 	maxOther            float64
 	retries             int
+	repeat              int
 	plotFile            string // PNG beside results.md, or ""
 	relaySection        string // Markdown of the relay measured alone, or ""
 }
@@ -95,9 +97,19 @@ func (rep *labReport) render(w io.Writer) error {
 	}
 	for li, ld := range rep.loads {
 		p("### Load %d: rcpts `%s`, sizes `%s`, %d connections, %d messages per run\n\n", li+1, ld.rm, ld.sm, rep.conns, rep.messages)
-		p("×a and ×d: deliveries/s of the run over those of run a and of run d at the same delay.\n\n")
-		p("| one-way delay | run | deliveries/s | msgs/s | ×a | ×d | p50 ms | p90 ms | p99 ms | max ms | CPU s / 1000 msgs | peak RSS MiB | 4xx | 5xx | no reply | MiB to the backends | other CPU %% |\n")
-		p("|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+		p("×a and ×d: deliveries/s of the run over those of run a and of run d at the same delay.")
+		if rep.repeat > 1 {
+			rev := slices.Clone(rep.keys)
+			slices.Reverse(rev)
+			p(" Every run was measured %d times, in alternating order (%s, then %s), and the fastest is shown; the deliveries/s of all repeats show how much the shared machine moved the figures.", rep.repeat, strings.Join(rep.keys, ", "), strings.Join(rev, ", "))
+		}
+		p("\n\n")
+		repCol, repSep := "", ""
+		if rep.repeat > 1 {
+			repCol, repSep = fmt.Sprintf(" deliveries/s of the %d repeats |", rep.repeat), "---|"
+		}
+		p("| one-way delay | run | deliveries/s |%s msgs/s | ×a | ×d | p50 ms | p90 ms | p99 ms | max ms | CPU s / 1000 msgs | peak RSS MiB | 4xx | 5xx | no reply | MiB to the backends | other CPU %% |\n", repCol)
+		p("|--:|---|--:|%s--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n", repSep)
 		for _, d := range rep.delays {
 			a, dd := rep.find("a", d, li), rep.find("d", d, li)
 			for _, key := range rep.keys {
@@ -106,8 +118,12 @@ func (rep *labReport) render(w io.Writer) error {
 					continue
 				}
 				x := r.Res
-				p("| %s | %s | %.1f | %.1f | %s | %s | %.2f | %.2f | %.2f | %.2f | %s | %s | %d | %d | %d | %.1f | %s |\n",
-					fmtDelay(d), key, x.DeliveriesPerSec, x.MsgsPerSec, rateRatio(r, a), rateRatio(r, dd),
+				reps := ""
+				if rep.repeat > 1 {
+					reps = " " + r.repeatsCell() + " |"
+				}
+				p("| %s | %s | %.1f |%s %.1f | %s | %s | %.2f | %.2f | %.2f | %.2f | %s | %s | %d | %d | %d | %.1f | %s |\n",
+					fmtDelay(d), key, x.DeliveriesPerSec, reps, x.MsgsPerSec, rateRatio(r, a), rateRatio(r, dd),
 					x.Latency.P50Ms, x.Latency.P90Ms, x.Latency.P99Ms, x.Latency.MaxMs,
 					orDashF(x.CPUPer1000(), "%.2f"), orDashF(peakMiB(x), "%.1f"), x.Replies4xx, x.Replies5xx, x.NoReply,
 					float64(r.RelayUp)/(1<<20), r.otherCell())
@@ -167,7 +183,11 @@ func (rep *labReport) render(w io.Writer) error {
 
 func (rep *labReport) renderBig(b *strings.Builder) {
 	fmt.Fprintf(b, "### Large messages: %s, one recipient, one connection, one-way delay %s\n\n", bench.FormatSize(rep.bigSize), fmtDelay(rep.bigDelay))
-	fmt.Fprintf(b, "%d messages per run, one after another, each to one recipient drawn from all backends, on the same murder after the runs above. Latency is from MAIL FROM to the last reply.\n\n", rep.bigMsgs)
+	fmt.Fprintf(b, "%d messages per run, one after another, each to one recipient drawn from all backends, on the same murder after the runs above. Latency is from MAIL FROM to the last reply.", rep.bigMsgs)
+	if rep.repeat > 1 {
+		fmt.Fprintf(b, " Every run was measured %d times, in alternating order, and the one with the lowest p50 is shown.", rep.repeat)
+	}
+	fmt.Fprintf(b, "\n\n")
 	fmt.Fprintf(b, "| run | p50 ms | mean ms | p90 ms | max ms | p50 ×d | mean ×d | CPU s / 1000 msgs | 4xx | 5xx | no reply | other CPU %% |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	d := rep.findBig("d")
 	for _, r := range rep.big {
@@ -180,6 +200,15 @@ func (rep *labReport) renderBig(b *strings.Builder) {
 			p50, mean, orDashF(x.CPUPer1000(), "%.1f"), x.Replies4xx, x.Replies5xx, x.NoReply, r.otherCell())
 	}
 	fmt.Fprintln(b)
+}
+
+// repeatsCell lists the deliveries/s of every repeat.
+func (r *labRun) repeatsCell() string {
+	var f []string
+	for _, v := range r.Repeats {
+		f = append(f, fmt.Sprintf("%.0f", v))
+	}
+	return strings.Join(f, ", ")
 }
 
 // otherCell shows the CPU other programs took during the run, in percent

@@ -165,7 +165,7 @@ func TestLabRealCyrus(t *testing.T) {
 	defer cancel()
 	args := []string{"lab", "--dir", dir, "--mailboxes", "3", "--conns", "2", "--messages", "20",
 		"--rcpts-mix", "1:1,2x:1", "--size-mix", "1KiB:1", "--runs", "a,b,c,d", "--lmtpgate", gateBin,
-		"--delays", "0,1ms", "--gate-extra", "idle1=backends: {max_idle: 1}", "--big-messages", "2", "--big-size", "256KiB", "--retries", "0"}
+		"--delays", "0,1ms", "--gate-extra", "idle1=backends: {max_idle: 1}", "--big-messages", "2", "--big-size", "256KiB", "--retries", "0", "--repeat", "2"}
 	plot := gnuplotAvailable() == nil
 	if plot {
 		args = append(args, "--plot", filepath.Join(dir, "network.png"))
@@ -181,8 +181,9 @@ func TestLabRealCyrus(t *testing.T) {
 		}
 	}
 	for _, k := range []string{"a", "b", "b-idle1", "d"} {
-		names = append(names, "big-2ms-"+k)
+		names = append(names, "big-2ms-"+k, "big-2ms-"+k+"-r2")
 	}
+	names = append(names, "1ms-load1-c-r2")
 	for _, name := range names {
 		r, err := bench.ReadResult(filepath.Join(dir, name+".json"))
 		if err != nil {
@@ -208,7 +209,7 @@ func TestLabRealCyrus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"| 1 ms | b-idle1 |", "| 0 ms | a |", "| 1 ms | b/a |", "### Large messages: 256KiB", "MUPDATE queries in run c", "### Machine"} {
+	for _, want := range []string{"| 1 ms | b-idle1 |", "| 0 ms | a |", "| 1 ms | b/a |", "measured 2 times, in alternating order (a, b, b-idle1, c, d, then d, c, b-idle1, b, a)", "### Large messages: 256KiB", "MUPDATE queries in run c", "### Machine"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("results.md lacks %q:\n%s", want, b)
 		}
