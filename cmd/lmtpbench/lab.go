@@ -46,6 +46,7 @@ func cmdLab(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		plot      = fs.String("plot", "", "draw deliveries/s and p99 against delay into this PNG file with gnuplot")
 		repeat    = fs.Int("repeat", 1, "measure every run this many times, in alternating order of runs, and keep the best (highest deliveries/s; lowest p50 for the large messages): the machine is shared and its neighbours come and go")
 		retries   = fs.Int("retries", 2, "do a run again up to this many times when other programs used more than --max-other of a core during it, keeping the least disturbed attempt; above 0, each attempt also waits (up to 10 s) for the machine to calm down first")
+		budget    = fs.Duration("retry-budget", 4*time.Minute, "time the whole lab may spend waiting for a quiet machine and on retries")
 		maxOther  = fs.Float64("max-other", 0.25, "CPU other programs may use during a run, as a fraction of one core, before the run is done again")
 		relayMD   = fs.String("relay-report", "", "Markdown written by `lmtpbench relaybench`, included as the section on the emulated network alone")
 		loads     multiFlag
@@ -154,7 +155,7 @@ func cmdLab(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 	r := &labRunner{dir: *dir, stdout: stdout, lab: lab, nw: nw, gateBin: *gateBin, conns: *conns, warmup: *warmup,
 		frontendPID: frontendPID, direct: direct, counter: counter, machine: machine, variants: variants,
-		retries: max(0, *retries), maxOther: *maxOther}
+		retries: max(0, *retries), maxOther: *maxOther, budget: *budget}
 	var all []*labRun
 	faster := func(x, y *labRun) bool { return x.Res.DeliveriesPerSec > y.Res.DeliveriesPerSec }
 	for _, d := range ds {
@@ -190,7 +191,8 @@ func cmdLab(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 	rep := &labReport{backends: lab.Backends(), mailboxes: *mailboxes, conns: *conns, messages: *messages, warmup: *warmup,
 		loads: lds, delays: ds, keys: keys, runs: all, big: bigRuns, bigDelay: *bigDelay, bigSize: big[0].Bytes, bigMsgs: *bigMsgs,
-		variants: variants, machine: machine, nw: nw, lab: lab, maxOther: *maxOther, retries: max(0, *retries), repeat: max(1, *repeat)}
+		variants: variants, machine: machine, nw: nw, lab: lab, maxOther: *maxOther, retries: max(0, *retries), repeat: max(1, *repeat),
+		budget: *budget, spent: r.spent}
 	if *relayMD != "" {
 		b, err := os.ReadFile(*relayMD)
 		if err != nil {
@@ -334,6 +336,8 @@ type labRunner struct {
 	variants    []gateVariant
 	retries     int
 	maxOther    float64
+	budget      time.Duration // for waiting and retries, over the whole lab
+	spent       time.Duration
 }
 
 // repeated runs every key n times at one delay and load, in the order of
@@ -373,18 +377,33 @@ func (r *labRunner) repeated(ctx context.Context, keys []string, n int, cfg benc
 
 // run measures one configuration. A run during which other programs took
 // more than maxOther of a core from the shared machine is done again, up
-// to retries times, and the least disturbed attempt is kept.
+// to retries times, and the least disturbed attempt is kept. The time
+// spent waiting for a quiet machine and on retries is bounded over the
+// whole lab by budget, so that a machine that never calms down does not
+// make the benchmark take hours.
 func (r *labRunner) run(ctx context.Context, key string, cfg bench.Config, d time.Duration, name string) (*labRun, error) {
 	var best *labRun
 	n := 0
 	for n < 1+r.retries {
 		n++
-		if r.retries > 0 {
+		t0 := time.Now()
+		if n > 1 && r.spent >= r.budget {
+			fmt.Fprintf(r.stdout, "no retry      the %s allowed for waiting and retries is used up\n", r.budget)
+			break
+		}
+		if r.retries > 0 && r.spent < r.budget {
+			w0 := time.Now()
 			r.waitQuiet(ctx)
+			if n == 1 {
+				r.spent += time.Since(w0) // a retry's wait is in its own time
+			}
 		}
 		run, err := r.attempt(ctx, key, cfg, d, name)
 		if err != nil {
 			return nil, err
+		}
+		if n > 1 {
+			r.spent += time.Since(t0)
 		}
 		if best == nil || run.OtherCPU < best.OtherCPU {
 			best = run

@@ -34,6 +34,7 @@ type labReport struct {
 	maxOther            float64
 	retries             int
 	repeat              int
+	budget, spent       time.Duration
 	plotFile            string // PNG beside results.md, or ""
 	relaySection        string // Markdown of the relay measured alone, or ""
 }
@@ -82,7 +83,7 @@ func (rep *labReport) render(w io.Writer) error {
 	for _, r := range append(append([]*labRun{}, rep.runs...), rep.big...) {
 		total += r.Res.Completed + rep.warmup*r.Res.Conns
 	}
-	p("Every run at every delay uses the same murder, the same mailboxes and the same seeded message sequence, and starts with %d messages per connection that are not counted, so that the connections a proxy keeps to the backends are open when the clock starts. lmtpgate runs as its own process, started afresh for each run; its CPU and peak RSS are sampled from /proc. Cyrus's figures are those of the frontend's whole process tree (master, lmtpd -a children, the mupdate replica and idle services), an upper bound for its LMTP proxy alone. The backends do the real work (each delivery is written and fsynced by a Cyrus lmtpd), so every run shares their cost; the mailboxes grow through the runs (about %d messages by the end). The bytes each run moved across the backends' relays are counted (column \"MiB to the backends\"): a run whose message bytes had not all crossed them would have stopped the benchmark. The machine is shared, so the CPU that other programs and the kernel's own threads (disk writeback among them) used during each run is measured too, from /proc/stat less what this benchmark's processes used (\"other CPU %%\", of one core); a run during which it passed %.0f%% was done again, up to %d more times, and the least disturbed attempt is shown.\n\n", rep.warmup, total, 100*rep.maxOther, rep.retries)
+	p("Every run at every delay uses the same murder, the same mailboxes and the same seeded message sequence, and starts with %d messages per connection that are not counted, so that the connections a proxy keeps to the backends are open when the clock starts. lmtpgate runs as its own process, started afresh for each run; its CPU and peak RSS are sampled from /proc. Cyrus's figures are those of the frontend's whole process tree (master, lmtpd -a children, the mupdate replica and idle services), an upper bound for its LMTP proxy alone. The backends do the real work (each delivery is written and fsynced by a Cyrus lmtpd), so every run shares their cost; the mailboxes grow through the runs (about %d messages by the end). The bytes each run moved across the backends' relays are counted (column \"MiB to the backends\"): a run whose message bytes had not all crossed them would have stopped the benchmark. The machine is shared, so the CPU that other programs and the kernel's own threads (disk writeback among them) used during each run is measured too, from /proc/stat less what this benchmark's processes used (\"other CPU %%\", of one core); a run during which it passed %.0f%% was done again, up to %d more times while the lab's %s for waiting and retries lasted (%s used), and the least disturbed attempt is shown.\n\n", rep.warmup, total, 100*rep.maxOther, rep.retries, rep.budget, rep.spent.Round(time.Second))
 	p("Runs:\n\n")
 	seen := map[string]bool{}
 	for _, r := range rep.runs {
