@@ -15,6 +15,8 @@ LDFLAGS := -X main.version=$(VERSION)
 DEB_PKGS := cyrus-imapd cyrus-murder cyrus-clients cyrus-admin sasl2-bin postfix \
             rpm lintian mandoc systemd init-system-helpers adduser git ca-certificates \
             systemd-container debootstrap prometheus
+# Only `make bench` needs these: gnuplot draws the benchmark's plot.
+BENCH_PKGS := gnuplot-nox
 
 .PHONY: all build deps test test-short test-postfix fault-matrix vet fmt-check demo bench package package-test test-systemd verify-units fuzz clean
 
@@ -27,7 +29,7 @@ build:
 # Install missing Debian packages (as root; Debian's policy-rc.d keeps the
 # system-wide Cyrus from starting). Nothing is done when all are present.
 deps:
-	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	@missing=$$(for p in $(DEB_PKGS) $(EXTRA_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing:" $$missing; \
 		if [ "$$(id -u)" != 0 ]; then echo "make deps must run as root (apt-get install $$missing)"; exit 1; fi; \
@@ -71,8 +73,11 @@ test-short:
 demo: deps build
 	$(GO) run ./cmd/lmtpdemo -lmtpgate build/lmtpgate
 
-bench: deps
-	bench/run.sh
+# BENCH_ARGS go to `lmtpbench lab`, e.g. variants of lmtpgate's configuration:
+#   make bench BENCH_ARGS="--gate-extra 'verify=backends: {verify_rcpt: true}'"
+bench:
+	$(MAKE) --no-print-directory deps EXTRA_PKGS="$(BENCH_PKGS)"
+	bench/run.sh $(BENCH_ARGS)
 
 package:
 	packaging/build.sh $(VERSION) amd64

@@ -1,46 +1,69 @@
 #!/bin/sh
 # bench/run.sh: the whole benchmark behind `make bench`. It builds lmtpgate
 # and lmtpbench, runs
-#   1. a real Cyrus 3.6 murder on loopback (needs root and Cyrus, as
-#      installed by `make deps`): Cyrus's own LMTP proxy (a), lmtpgate on
-#      the frontend's mailboxes.db (b), lmtpgate on the master's MUPDATE
-#      only (c) and the backends' lmtpd directly (d), under the headline
-#      load and the default mixes;
-#   2. lmtpgate against null backends (its own ceiling, added latency,
+#   1. the emulated network's relay alone (what it adds and costs);
+#   2. a real Cyrus 3.6 murder on loopback (needs root and Cyrus, as
+#      installed by `make deps`) whose backends and master are across that
+#      emulated network, at one-way delays of 0, 0.5 and 2 ms: Cyrus's own
+#      LMTP proxy (a), lmtpgate on the frontend's mailboxes.db (b, and any
+#      variants given with --gate-extra) and the backends' lmtpd directly
+#      across the same relays (d), under the headline load (2 recipients on
+#      2 backends, 1 KiB) and the mixed load; then 5 MiB single-recipient
+#      messages at 2 ms; each run twice in alternating order, the best
+#      kept, and a run disturbed by other programs on the machine again;
+#      and draws the plot (gnuplot);
+#   3. lmtpgate against null backends (its own ceiling, added latency,
 #      1,000 connections, a 1,000,000-mailbox database rewritten under load);
-#   3. the 1,000,000-mailbox index in process;
-#   4. the Go benchmarks (allocations per message, index build and lookup);
-# and writes bench/results.md. Work files go to $BENCH_DIR (default: a new
-# temporary directory), which is kept for inspection.
+#   4. the 1,000,000-mailbox index in process;
+#   5. the Go benchmarks (allocations per message, index build and lookup);
+# and writes bench/results.md and bench/network.png. Work files go to
+# $BENCH_DIR (default: a new temporary directory), which is kept for
+# inspection. Arguments are passed to `lmtpbench lab`, e.g.
+#   bench/run.sh --gate-extra 'verify=backends: {verify_rcpt: true}'
+# to measure a variant of lmtpgate's configuration beside run b.
 #
 # Environment: BENCH_MESSAGES (messages per murder run, default 2000),
-# BENCH_DURATION (each null-backend run, default 8s), RESULTS (output file,
-# default bench/results.md).
+# BENCH_DELAYS (one-way delays, default 0,500us,2ms), BENCH_BIG (5 MiB
+# messages per large-message run, default 30), BENCH_REPEAT (measurements
+# of every murder run, the best kept, default 2), BENCH_DURATION (each
+# null-backend run, default 8s), RESULTS (output file, default
+# bench/results.md; the plot goes beside it).
 set -eu
 
 cd "$(dirname "$0")/.."
 root=$(pwd)
 work=${BENCH_DIR:-$(mktemp -d /tmp/lmtpgate-bench.XXXXXX)}
 messages=${BENCH_MESSAGES:-2000}
+delays=${BENCH_DELAYS:-0,500us,2ms}
+big=${BENCH_BIG:-30}
+repeat=${BENCH_REPEAT:-2}
 duration=${BENCH_DURATION:-8s}
 results=${RESULTS:-$root/bench/results.md}
+plot=$(dirname "$results")/network.png
 mkdir -p "$work/bin"
 
 # Which code is measured, decided before anything is written (the results
 # file itself is in the tree).
 commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
 
+started=$(date +%s)
 echo "bench: building into $work/bin" >&2
 go build -o "$work/bin/lmtpgate" ./cmd/lmtpgate
 go build -o "$work/bin/lmtpbench" ./cmd/lmtpbench
 bench=$work/bin/lmtpbench
 gate=$work/bin/lmtpgate
 
-echo "bench: real murder" >&2
-"$bench" lab --dir "$work/lab" --runs a,b,c,d --lmtpgate "$gate" \
-	--conns 8 --messages "$messages" --mailboxes 10 \
+echo "bench: the emulated network alone" >&2
+"$bench" relaybench -o "$work/relay.md" >"$work/relay.out"
+
+echo "bench: real murder across the emulated network" >&2
+"$bench" lab --dir "$work/lab" --runs a,b,d --lmtpgate "$gate" \
+	--conns 8 --messages "$messages" --mailboxes 10 --delays "$delays" \
 	--load '2x:1/1KiB:1' \
-	--load '1:50,2x:30,10:20/1KiB:80,64KiB:18,5MiB:2' >"$work/lab.out"
+	--load '1:50,2x:30,10:20/1KiB:80,64KiB:18,5MiB:2' \
+	--big-messages "$big" --big-size 5MiB --big-delay 2ms --repeat "$repeat" \
+	--relay-report "$work/relay.md" --plot "$work/lab/network.png" "$@" >"$work/lab.out"
+cp "$work/lab/network.png" "$plot"
 
 echo "bench: null backends" >&2
 "$bench" ceiling --dir "$work/ceiling" --lmtpgate "$gate" --duration "$duration" >"$work/ceiling.out"
@@ -56,7 +79,7 @@ go test -run '^$' -bench '^BenchmarkLookup$' ./internal/mboxlist >>"$work/gobenc
 {
 	echo "# lmtpgate benchmark results"
 	echo
-	echo "Written by \`make bench\` (bench/run.sh) on $(date -u +%Y-%m-%d) from commit $commit. Every figure below comes from this one run; work files were in \`$work\`. The machine is described at the end of the real-murder section. Results from different machines are not comparable."
+	echo "Written by \`make bench\` (bench/run.sh) on $(date -u +%Y-%m-%d) from commit $commit; lmtpgate and lmtpbench were built from that commit. Every figure below comes from this one run, which took $(( $(date +%s) - started )) s; work files were in \`$work\`. The machine is described at the end of the real-murder section. Results from different machines are not comparable."
 	echo
 	cat "$work/lab/results.md"
 	echo

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lmtpgate/lmtpgate/internal/control"
+	"go.yaml.in/yaml/v3"
 )
 
 // gate is an lmtpgate daemon started for one run, as its own process so
@@ -112,4 +113,42 @@ func (g *gate) Stop() {
 		<-g.done
 	}
 	g.logf.Close()
+}
+
+// mergeYAML merges the mapping extra into the mapping base, key by key
+// and into nested mappings, extra winning, and returns the result as YAML.
+// Appending the text instead would repeat top-level keys such as
+// backends, which a YAML parser refuses.
+func mergeYAML(base, extra string) (string, error) {
+	var b, e map[string]any
+	if err := yaml.Unmarshal([]byte(base), &b); err != nil {
+		return "", fmt.Errorf("base configuration: %w", err)
+	}
+	if err := yaml.Unmarshal([]byte(extra), &e); err != nil {
+		return "", fmt.Errorf("extra configuration: %w", err)
+	}
+	if e == nil {
+		return "", errors.New("extra configuration: want a YAML mapping")
+	}
+	if b == nil {
+		b = map[string]any{}
+	}
+	mergeMaps(b, e)
+	out, err := yaml.Marshal(b)
+	if err != nil {
+		return "", err
+	}
+	return string(out), nil
+}
+
+func mergeMaps(dst, src map[string]any) {
+	for k, v := range src {
+		if sm, ok := v.(map[string]any); ok {
+			if dm, ok := dst[k].(map[string]any); ok {
+				mergeMaps(dm, sm)
+				continue
+			}
+		}
+		dst[k] = v
+	}
 }

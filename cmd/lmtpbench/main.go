@@ -9,6 +9,8 @@
 //	lmtpbench lab --dir /tmp/bench [--messages 2000 --conns 8] [--runs a,b,c,d --lmtpgate BIN] [--load RCPTS/SIZES ...]   (root, Cyrus installed)
 //	lmtpbench ceiling --dir /tmp/ceil --lmtpgate BIN   (lmtpgate against null backends)
 //	lmtpbench mboxdb --dir /tmp/mdb [--entries 1000000]  (index build, lookup, memory)
+//	lmtpbench delay-relay --delay 2ms --route 127.0.0.1:0=127.0.0.2:2003  (a slow link on loopback)
+//	lmtpbench relaybench [-o relay.md]  (what the relay itself costs)
 //
 // run drives an LMTP server (lmtpgate, Cyrus's frontend lmtpd -a, or the
 // backends directly) and prints deliveries/s, messages/s and latency
@@ -45,7 +47,7 @@ func main() {
 	}
 }
 
-var errUsage = errors.New("usage: lmtpbench run|null-backend|report|lab|ceiling|mboxdb [flags]; lmtpbench CMD -h for help")
+var errUsage = errors.New("usage: lmtpbench run|null-backend|report|lab|ceiling|mboxdb|delay-relay|relaybench [flags]; lmtpbench CMD -h for help")
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
@@ -64,6 +66,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdCeiling(ctx, args[1:], stdout, stderr)
 	case "mboxdb":
 		return cmdMboxDB(ctx, args[1:], stdout, stderr)
+	case "delay-relay":
+		return cmdDelayRelay(ctx, args[1:], stdout, stderr)
+	case "relaybench":
+		return cmdRelayBench(ctx, args[1:], stdout, stderr)
 	}
 	return errUsage
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/lmtpgate/lmtpgate/internal/bench"
 	"github.com/lmtpgate/lmtpgate/internal/murderlab"
+	"github.com/lmtpgate/lmtpgate/internal/testbin"
 )
 
 func TestRunNullBackendAndReport(t *testing.T) {
@@ -108,6 +109,12 @@ func TestUsageErrors(t *testing.T) {
 		{"report"},
 		{"report", "a"},
 		{"report", "a=/nonexistent.json"},
+		{"delay-relay"},
+		{"delay-relay", "--route", "127.0.0.1:0"},
+		{"relaybench", "--delays", "soon"},
+		{"lab", "--dir", "/nonexistent/lab", "--delays", "soon"},
+		{"lab", "--dir", "/nonexistent/lab", "--gate-extra", "novalue"},
+		{"lab", "--dir", "/nonexistent/lab", "--runs", "a,b"},
 	} {
 		if err := run(ctx, args, &bytes.Buffer{}, &bytes.Buffer{}); err == nil {
 			t.Errorf("%q accepted", args)
@@ -128,35 +135,71 @@ func TestParseDirect(t *testing.T) {
 	}
 }
 
+// TestLabRealCyrus runs the lab's whole path at small counts: every run
+// kind (a variant of b included) at two delays, the large-message runs and
+// the plot, and checks every run crossed the emulated network: its bytes
+// crossed the relays (the lab itself fails otherwise) and at 1 ms each
+// message took at least the two round trips any path to a backend needs.
 func TestLabRealCyrus(t *testing.T) {
 	murderlab.RequireCyrus(t)
+	gateBin := testbin.Build(t)
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	args := []string{"lab", "--dir", dir, "--mailboxes", "3", "--conns", "2", "--messages", "20",
+		"--rcpts-mix", "1:1,2x:1", "--size-mix", "1KiB:1", "--runs", "a,b,c,d", "--lmtpgate", gateBin,
+		"--delays", "0,1ms", "--gate-extra", "idle1=backends: {max_idle: 1}", "--big-messages", "2", "--big-size", "256KiB", "--retries", "0", "--repeat", "2"}
+	plot := gnuplotAvailable() == nil
+	if plot {
+		args = append(args, "--plot", filepath.Join(dir, "network.png"))
+	}
 	var out bytes.Buffer
-	err := run(ctx, []string{"lab", "--dir", dir, "--mailboxes", "3", "--conns", "2", "--messages", "20",
-		"--rcpts-mix", "1:1,2x:1", "--size-mix", "1KiB:1"}, &out, os.Stderr)
-	if err != nil {
+	if err := run(ctx, args, &out, os.Stderr); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
-	for _, k := range []string{"a", "d"} {
-		r, err := bench.ReadResult(filepath.Join(dir, "load1-"+k+".json"))
+	var names []string
+	for _, d := range []string{"0ms", "1ms"} {
+		for _, k := range []string{"a", "b", "b-idle1", "c", "d"} {
+			names = append(names, d+"-load1-"+k)
+		}
+	}
+	for _, k := range []string{"a", "b", "b-idle1", "d"} {
+		names = append(names, "big-2ms-"+k, "big-2ms-"+k+"-r2")
+	}
+	names = append(names, "1ms-load1-c-r2")
+	for _, name := range names {
+		r, err := bench.ReadResult(filepath.Join(dir, name+".json"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		// Every recipient is answered and counted once. Cyrus itself may
 		// defer the odd recipient under load (a 4xx); that is Cyrus's
 		// business, not the generator's, so it is counted, not failed.
-		if r.Completed != 20 || r.Recipients < 20 || r.NoReply != 0 || r.Replies5xx != 0 ||
+		if r.Completed != r.Messages || r.Recipients < r.Messages || r.NoReply != 0 || r.Replies5xx != 0 ||
 			r.Replies2xx+r.Replies4xx != r.Recipients || r.Replies2xx < r.Recipients/2 {
-			t.Errorf("run %s: %+v", k, r)
+			t.Errorf("run %s: %+v", name, r)
 		}
-		if k == "a" && (r.Proc == nil || r.Proc.MaxProcs < 2) {
-			t.Errorf("run a: proxy tree not sampled: %+v", r.Proc)
+		if strings.HasSuffix(name, "-a") && (r.Proc == nil || r.Proc.MaxProcs < 2) {
+			t.Errorf("run %s: proxy tree not sampled: %+v", name, r.Proc)
+		}
+		// MAIL to the 354 and the data to its reply: two round trips of
+		// two one-way delays each, less the relay's early aim.
+		if min := 4 * (1 - 0.2); strings.HasPrefix(name, "1ms-") && r.Latency.P50Ms < min {
+			t.Errorf("run %s at 1 ms: p50 %.2f ms, below the %.1f ms the network costs", name, r.Latency.P50Ms, min)
 		}
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "results.md"))
-	if err != nil || !strings.Contains(string(b), "| a | Cyrus frontend LMTP proxy") {
-		t.Errorf("results.md: %v\n%s", err, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"| 1 ms | b-idle1 |", "| 0 ms | a |", "| 1 ms | b/a |", "measured 2 times, in alternating order (a, b, b-idle1, c, d, then d, c, b-idle1, b, a)", "### Large messages: 256KiB", "MUPDATE queries in run c", "### Machine"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("results.md lacks %q:\n%s", want, b)
+		}
+	}
+	if plot {
+		if st, err := os.Stat(filepath.Join(dir, "network.png")); err != nil || st.Size() < 1000 {
+			t.Errorf("plot: %v", err)
+		}
 	}
 }

@@ -253,3 +253,41 @@ func (s *Sampler) descendants() ([]int, error) {
 // StatusBytes returns the value in bytes of a "Key: N kB" line of a
 // /proc/<pid>/status file, or 0 if it has none.
 func StatusBytes(status []byte, key string) int64 { return parseStatusKB(status, key) }
+
+// SystemBusySeconds is the CPU time the whole machine has spent busy since
+// boot, summed over all CPUs: everything in /proc/stat's "cpu" line but
+// idle and iowait. Taken before and after a run, and less what the
+// benchmark's own processes used, it shows how much other programs and the
+// kernel's own threads took from the cores during the run.
+func SystemBusySeconds() (float64, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	ticks, err := parseCPULine(b)
+	return float64(ticks) / clockTicks, err
+}
+
+// parseCPULine returns the busy ticks of the first line of /proc/stat,
+// "cpu  user nice system idle iowait irq softirq steal guest guest_nice"
+// (proc(5)). guest and guest_nice are already in user and nice, and steal
+// is time the hypervisor gave to others, so busy is user + nice + system +
+// irq + softirq.
+func parseCPULine(b []byte) (int64, error) {
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	f := bytes.Fields(line)
+	if len(f) < 8 || string(f[0]) != "cpu" {
+		return 0, errors.New("/proc/stat: no cpu line")
+	}
+	var busy int64
+	for _, i := range []int{1, 2, 3, 6, 7} {
+		v, err := strconv.ParseInt(string(f[i]), 10, 64)
+		if err != nil || v < 0 {
+			return 0, fmt.Errorf("/proc/stat: bad field %q", f[i])
+		}
+		if busy += v; busy < 0 {
+			return 0, errors.New("/proc/stat: busy time overflows")
+		}
+	}
+	return busy, nil
+}

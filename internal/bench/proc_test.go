@@ -135,3 +135,37 @@ func TestSamplerRealProcess(t *testing.T) {
 		t.Errorf("%+v", got)
 	}
 }
+
+func TestParseCPULine(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"cpu  88226 0 45727 402185 5874 0 6069 66 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n", 88226 + 45727 + 6069, true},
+		{"cpu 1 2 3 4 5 6 7\n", 1 + 2 + 3 + 6 + 7, true},
+		{"cpu 1 2 3 4 5 6\n", 0, false},
+		{"cpu0 1 2 3 4 5 6 7 8\n", 0, false},
+		{"cpu 1 x 3 4 5 6 7 8\n", 0, false},
+		{"cpu 1 -2 3 4 5 6 7 8\n", 0, false},
+		{"", 0, false},
+	} {
+		got, err := parseCPULine([]byte(tc.in))
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("parseCPULine(%q) = %d, %v", tc.in, got, err)
+		}
+	}
+	if s, err := SystemBusySeconds(); err != nil || s <= 0 {
+		t.Errorf("SystemBusySeconds = %v, %v", s, err)
+	}
+}
+
+func FuzzParseCPULine(f *testing.F) {
+	f.Add([]byte("cpu  88226 0 45727 402185 5874 0 6069 66 0 0\n"))
+	f.Add([]byte("cpu 1 2 3\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if v, err := parseCPULine(b); err == nil && v < 0 {
+			t.Fatalf("negative busy %d", v)
+		}
+	})
+}

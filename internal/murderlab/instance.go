@@ -26,12 +26,13 @@ const stopGrace = 5 * time.Second
 
 // instance is one Cyrus master process and the services it forks.
 type instance struct {
-	name  string // "master", "backend1", "frontend"
-	role  role
-	ip    string
-	dir   string
-	conf  string // imapd.conf path
-	ports []int  // TCP ports that answer once the instance is ready
+	name       string // "master", "backend1", "frontend"
+	role       role
+	ip         string // where its services listen
+	servername string // its imapd.conf servername: ip, or Options.BackendServername's
+	dir        string
+	conf       string // imapd.conf path
+	ports      []int  // TCP ports that answer once the instance is ready
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd

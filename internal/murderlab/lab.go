@@ -65,6 +65,26 @@ type Options struct {
 	CyrusProxy bool
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
+
+	// BackendServername, if not nil, is called for each backend while
+	// the lab is built, before anything starts, with the backend's
+	// number (1-based) and its own address ("127.A.B.2", where its imapd
+	// and lmtpd listen). It returns the servername the backend gets in
+	// place of that address: the name its mailboxes.db entries, MUPDATE
+	// and the frontend's serverlist show, its SASL realm, and so the host
+	// Cyrus's frontend connects to on the imap and lmtp ports (143, and
+	// 2003 from /etc/services). The caller makes that name reach the
+	// backend, e.g. with relays on NAME:143 and NAME:2003 to the
+	// backend's address; that is how lmtpbench puts the backends across
+	// an emulated network. Each name must differ from the others.
+	BackendServername func(i int, addr string) (string, error)
+	// FrontendMupdate, if not nil, is called once while the lab is built
+	// with the master's MUPDATE address ("127.A.B.1:3905") and returns
+	// the address the frontend (its mupdate replica, and so its
+	// mailboxes.db, and Cyrus's LMTP proxy) uses for the master instead,
+	// such as a relay to it. The backends still reach the master
+	// directly.
+	FrontendMupdate func(addr string) (string, error)
 }
 
 // Creds are the lab's SASL identities. All exist in every instance's realm.
@@ -243,9 +263,31 @@ func (l *Lab) build() error {
 	}
 	l.sasldb = filepath.Join(l.opt.Dir, "sasldb2")
 	masterAddr := net.JoinHostPort(l.ip(1), strconv.Itoa(portMasterMupdate))
+	frontendMaster := masterAddr
+	if l.opt.FrontendMupdate != nil {
+		if frontendMaster, err = l.opt.FrontendMupdate(masterAddr); err != nil {
+			return fmt.Errorf("murderlab: FrontendMupdate: %w", err)
+		}
+	}
+	// The backends' servernames: their addresses unless the caller names
+	// them otherwise.
+	serverlist := make([]string, l.opt.Backends)
+	seen := map[string]bool{l.ip(1): true}
+	for i := 1; i <= l.opt.Backends; i++ {
+		serverlist[i-1] = l.ip(1 + i)
+		if l.opt.BackendServername != nil {
+			if serverlist[i-1], err = l.opt.BackendServername(i, l.ip(1+i)); err != nil {
+				return fmt.Errorf("murderlab: BackendServername(%d): %w", i, err)
+			}
+		}
+		if seen[serverlist[i-1]] || strings.ContainsAny(serverlist[i-1], " \t!:/") || serverlist[i-1] == "" {
+			return fmt.Errorf("murderlab: backend %d: servername %q is empty, taken or not a host name", i, serverlist[i-1])
+		}
+		seen[serverlist[i-1]] = true
+	}
 
-	mk := func(name string, r role, ip string, ports []int) (*instance, error) {
-		in := &instance{name: name, role: r, ip: ip, dir: filepath.Join(l.opt.Dir, name), ports: ports}
+	mk := func(name string, r role, ip, servername string, ports []int) (*instance, error) {
+		in := &instance{name: name, role: r, ip: ip, servername: servername, dir: filepath.Join(l.opt.Dir, name), ports: ports}
 		in.conf = filepath.Join(in.dir, "imapd.conf")
 		// The configdirectory layout Debian's mkimap makes: Cyrus creates
 		// few of these itself (mupdate dies binding socket/mupdate.target
@@ -261,12 +303,12 @@ func (l *Lab) build() error {
 				return nil, err
 			}
 		}
-		var serverlist []string
-		for i := 1; i <= l.opt.Backends; i++ {
-			serverlist = append(serverlist, l.ip(1+i))
+		master := masterAddr
+		if r == roleFrontend {
+			master = frontendMaster
 		}
 		files := map[string]string{
-			"imapd.conf": imapdConf(r, in.dir, ip, l.sasldb, masterAddr, serverlist),
+			"imapd.conf": imapdConf(r, in.dir, servername, l.sasldb, master, serverlist),
 			"cyrus.conf": cyrusConf(r, ip, in.conf, l.opt.CyrusProxy),
 		}
 		for n, body := range files {
@@ -277,11 +319,11 @@ func (l *Lab) build() error {
 		}
 		return in, nil
 	}
-	if l.master, err = mk("master", roleMaster, l.ip(1), []int{portMasterMupdate}); err != nil {
+	if l.master, err = mk("master", roleMaster, l.ip(1), l.ip(1), []int{portMasterMupdate}); err != nil {
 		return err
 	}
 	for i := 1; i <= l.opt.Backends; i++ {
-		b, err := mk(fmt.Sprintf("backend%d", i), roleBackend, l.ip(1+i), []int{portBackendIMAP, portBackendLMTP})
+		b, err := mk(fmt.Sprintf("backend%d", i), roleBackend, l.ip(1+i), serverlist[i-1], []int{portBackendIMAP, portBackendLMTP})
 		if err != nil {
 			return err
 		}
@@ -291,15 +333,12 @@ func (l *Lab) build() error {
 	if l.opt.CyrusProxy {
 		fports = append(fports, portCyrusProxyLMTP)
 	}
-	if l.frontend, err = mk("frontend", roleFrontend, l.ip(1), fports); err != nil {
+	if l.frontend, err = mk("frontend", roleFrontend, l.ip(1), l.ip(1), fports); err != nil {
 		return err
 	}
 
 	// One sasldb for all; each user once per realm (the servername).
-	realms := []string{l.ip(1)}
-	for i := 1; i <= l.opt.Backends; i++ {
-		realms = append(realms, l.ip(1+i))
-	}
+	realms := append([]string{l.ip(1)}, serverlist...)
 	users := map[string]string{adminUser: adminPass, proxyUser: proxyPass, mupdateUser: mupdatePass}
 	for _, u := range TestUsers {
 		users[u] = userPassword

@@ -45,11 +45,13 @@ func (l *Lab) backend(i int) *instance {
 }
 
 // BackendServer is backend i's servername (1-based), as mailboxes.db and
-// MUPDATE show it: "127.A.B.(1+i)". It panics if i is out of range.
-func (l *Lab) BackendServer(i int) string { return l.backend(i).ip }
+// MUPDATE show it: "127.A.B.(1+i)", or what Options.BackendServername
+// returned. It panics if i is out of range.
+func (l *Lab) BackendServer(i int) string { return l.backend(i).servername }
 
-// BackendLMTPAddr is backend i's lmtpd, "127.A.B.(1+i):2003". It requires
-// AUTH (PLAIN as Creds().Proxy or Admin) before MAIL.
+// BackendLMTPAddr is backend i's lmtpd, "127.A.B.(1+i):2003", where it
+// listens (with Options.BackendServername, not the address its servername
+// names). It requires AUTH (PLAIN as Creds().Proxy or Admin) before MAIL.
 func (l *Lab) BackendLMTPAddr(i int) string {
 	return net.JoinHostPort(l.backend(i).ip, strconv.Itoa(portBackendLMTP))
 }
