@@ -85,7 +85,7 @@ type conn struct {
 	w         *bufio.Writer
 	fw        *flate.Writer // after COMPRESS
 	streaming string        // the UPDATE tag once streaming
-	servers   []string      // PARTIAL-UPDATE's servers; nil: all
+	servers   []string      // PARTIAL-UPDATE's servers; none: all
 	dumping   bool
 	pending   []string // names changed since the last push, one per change
 }
@@ -637,7 +637,7 @@ func (s *Server) update(c *conn, br io.Reader, tag string, servers []string) boo
 // wants reports whether a PARTIAL-UPDATE connection asked for the server
 // of location.
 func (c *conn) wants(location string) bool {
-	if c.servers == nil {
+	if len(c.servers) == 0 {
 		return true
 	}
 	server, _, _ := strings.Cut(location, "!")
