@@ -14,26 +14,30 @@ import (
 // snapshot, or one compaction of a list and the changes pushed after it.
 // Lookups share it without locking.
 //
-// The layout is the one of the mailboxes.db routing index: the text of
-// every entry (name, then ACL) lives in large string chunks, entries are
-// fixed-size records pointing into them, server and partition strings are
-// interned (a murder has a handful of backends and a million mailboxes),
-// and an open-addressing hash table with a load factor of at most 1/2 maps
-// a name to its record. A million mailboxes take about 20 bytes of record
-// and 8 of table each, plus their text. The text goes into chunks of a
-// fixed size rather than one growing buffer, so that building a list never
-// copies what it holds already and never needs twice its size.
+// It is laid out for a lookup that touches as little memory as possible,
+// since with a million mailboxes every access is a cache (and TLB) miss:
+// an open-addressing hash table whose slots hold the whole fixed-size
+// record, with part of the hash as a tag, so that a lookup reads one slot
+// (and, when probing, its neighbours in the same cache lines) and then the
+// name once to confirm it: two misses. The text of every entry (name, then
+// ACL) lives in large string chunks, and server and partition strings are
+// interned (a murder has a handful of backends and a million mailboxes).
+// At a load factor of at most 1/2 a million mailboxes take 48 MB of table
+// plus their text. The text goes into chunks of a fixed size rather than
+// one growing buffer, so that building a list never copies what it holds
+// already.
 type list struct {
-	chunks  []string
-	entries []lentry
-	table   []uint32 // entry index + 1; 0 = empty slot
-	mask    uint64
-	seed    maphash.Seed
-	strs    []string // interned servers and partitions; strs[0] = ""
-	live    int      // entries not deleted
+	chunks []string
+	slots  []lentry
+	mask   uint64
+	seed   maphash.Seed
+	strs   []string // interned servers and partitions; strs[0] = ""
+	used   int      // slots taken, deleted ones included
+	live   int      // mailboxes (slots taken and not deleted)
 }
 
 type lentry struct {
+	tag             uint32 // the hash's high half, never 0; 0 = empty slot
 	off             uint32 // name, then ACL, at this arena offset
 	nameLen, aclLen uint32
 	server, part    uint16
@@ -58,22 +62,25 @@ func (l *list) text(off, n uint32) string {
 
 func (l *list) name(e *lentry) string { return l.text(e.off, e.nameLen) }
 
+func tagOf(h uint64) uint32 { return uint32(h>>32) | 1 }
+
 // Len is the number of mailboxes (deleted entries excluded).
 func (l *list) Len() int { return l.live }
 
-// find returns the index of name's entry or -1.
-func (l *list) find(name string) int {
-	if len(l.table) == 0 {
-		return -1
+// find returns the slot of name, or nil.
+func (l *list) find(name string) *lentry {
+	if len(l.slots) == 0 {
+		return nil
 	}
-	for i := maphash.String(l.seed, name) & l.mask; ; i = (i + 1) & l.mask {
-		slot := l.table[i]
-		if slot == 0 {
-			return -1
+	h := maphash.String(l.seed, name)
+	tag := tagOf(h)
+	for i := h & l.mask; ; i = (i + 1) & l.mask {
+		e := &l.slots[i]
+		if e.tag == 0 {
+			return nil
 		}
-		e := &l.entries[slot-1]
-		if int(e.nameLen) == len(name) && l.name(e) == name {
-			return int(slot - 1)
+		if e.tag == tag && int(e.nameLen) == len(name) && l.name(e) == name {
+			return e
 		}
 	}
 }
@@ -81,11 +88,11 @@ func (l *list) find(name string) int {
 // lookup returns the entry for name. It does not allocate: Name is the
 // argument itself and the other strings are slices of the list.
 func (l *list) lookup(name string) (lookup.Entry, bool) {
-	i := l.find(name)
-	if i < 0 || l.entries[i].deleted {
+	e := l.find(name)
+	if e == nil || e.deleted {
 		return lookup.Entry{}, false
 	}
-	return l.entry(&l.entries[i], name), true
+	return l.entry(e, name), true
 }
 
 func (l *list) entry(e *lentry, name string) lookup.Entry {
@@ -98,11 +105,11 @@ func (l *list) entry(e *lentry, name string) lookup.Entry {
 	}
 }
 
-// forEach calls fn for every mailbox, in the order they were added.
+// forEach calls fn for every mailbox, in table order.
 func (l *list) forEach(fn func(e lookup.Entry) error) error {
-	for i := range l.entries {
-		e := &l.entries[i]
-		if e.deleted {
+	for i := range l.slots {
+		e := &l.slots[i]
+		if e.tag == 0 || e.deleted {
 			continue
 		}
 		if err := fn(l.entry(e, l.name(e))); err != nil {
@@ -130,46 +137,50 @@ func newBuilder(sizeHint int) *builder {
 		},
 		intern: map[string]uint16{"": 0},
 	}
-	b.l.entries = make([]lentry, 0, sizeHint)
-	b.rehash(sizeHint)
+	b.resize(sizeHint)
 	return b
 }
 
-// rehash sizes the table for n entries at a load factor of at most 1/2.
-func (b *builder) rehash(n int) {
+// resize makes the table hold n entries at a load factor of at most 1/2,
+// moving the ones it has.
+func (b *builder) resize(n int) {
 	size := 16
 	for size < 2*n {
 		size <<= 1
 	}
 	l := b.l
-	l.table = make([]uint32, size)
+	old := l.slots
+	l.slots = make([]lentry, size)
 	l.mask = uint64(size - 1)
-	for i := range l.entries {
-		b.insertSlot(maphash.String(l.seed, l.name(&l.entries[i])), uint32(i+1))
-	}
-}
-
-func (b *builder) insertSlot(h uint64, slot uint32) {
-	l := b.l
-	for i := h & l.mask; ; i = (i + 1) & l.mask {
-		if l.table[i] == 0 {
-			l.table[i] = slot
-			return
+	for i := range old {
+		if e := &old[i]; e.tag != 0 {
+			h := maphash.String(l.seed, l.name(e))
+			*b.freeSlot(h) = *e
 		}
 	}
 }
 
-// findBuilding is find for a name given as bytes.
-func (b *builder) findBuilding(h uint64, name []byte) int {
+// freeSlot returns the first empty slot on h's probe sequence.
+func (b *builder) freeSlot(h uint64) *lentry {
 	l := b.l
 	for i := h & l.mask; ; i = (i + 1) & l.mask {
-		slot := l.table[i]
-		if slot == 0 {
-			return -1
+		if l.slots[i].tag == 0 {
+			return &l.slots[i]
 		}
-		e := &l.entries[slot-1]
-		if int(e.nameLen) == len(name) && l.name(e) == string(name) {
-			return int(slot - 1)
+	}
+}
+
+// findBuilding is find for a name given as bytes and its hash.
+func (b *builder) findBuilding(h uint64, name []byte) *lentry {
+	l := b.l
+	tag := tagOf(h)
+	for i := h & l.mask; ; i = (i + 1) & l.mask {
+		e := &l.slots[i]
+		if e.tag == 0 {
+			return nil
+		}
+		if e.tag == tag && int(e.nameLen) == len(name) && l.name(e) == string(name) {
+			return e
 		}
 	}
 }
@@ -221,7 +232,8 @@ func (b *builder) text(name, acl []byte) (uint32, error) {
 // the later line is the newer state.
 func (b *builder) put(name, server, part, acl []byte, state lookup.State) error {
 	l := b.l
-	e := lentry{state: state, nameLen: uint32(len(name)), aclLen: uint32(len(acl))}
+	h := maphash.Bytes(l.seed, name)
+	e := lentry{tag: tagOf(h), state: state, nameLen: uint32(len(name)), aclLen: uint32(len(acl))}
 	var err error
 	if e.server, err = b.str(server); err != nil {
 		return err
@@ -229,43 +241,36 @@ func (b *builder) put(name, server, part, acl []byte, state lookup.State) error 
 	if e.part, err = b.str(part); err != nil {
 		return err
 	}
-	h := maphash.Bytes(l.seed, name)
-	i := b.findBuilding(h, name)
-	if i >= 0 {
-		old := &l.entries[i]
+	// The text is written afresh even for a replaced entry (its ACL may
+	// have grown); the old text stays in its chunk unused.
+	if e.off, err = b.text(name, acl); err != nil {
+		return err
+	}
+	if old := b.findBuilding(h, name); old != nil {
 		if old.deleted {
 			l.live++
-		}
-		// The old text stays in its chunk unused; the new one is
-		// written afresh (an ACL may have grown).
-		if e.off, err = b.text(name, acl); err != nil {
-			return err
 		}
 		*old = e
 		return nil
 	}
-	if len(l.entries) >= math.MaxUint32-1 {
+	if l.used >= math.MaxUint32-1 {
 		return errTooLarge
 	}
-	if e.off, err = b.text(name, acl); err != nil {
-		return err
+	if 2*(l.used+1) > len(l.slots) {
+		b.resize(l.used + 1)
 	}
-	l.entries = append(l.entries, e)
+	*b.freeSlot(h) = e
+	l.used++
 	l.live++
-	if 2*len(l.entries) > len(l.table) {
-		b.rehash(len(l.entries))
-	} else {
-		b.insertSlot(h, uint32(len(l.entries)))
-	}
 	return nil
 }
 
-// del marks name deleted. Its record stays, so that a later put of the
-// same name finds it.
+// del marks name deleted. Its slot stays, so that a later put of the
+// same name finds it and probe sequences through it are not cut.
 func (b *builder) del(name []byte) {
 	l := b.l
-	if i := b.findBuilding(maphash.Bytes(l.seed, name), name); i >= 0 && !l.entries[i].deleted {
-		l.entries[i].deleted = true
+	if e := b.findBuilding(maphash.Bytes(l.seed, name), name); e != nil && !e.deleted {
+		e.deleted = true
 		l.live--
 	}
 }
