@@ -258,6 +258,10 @@ type Replica struct {
 	bgDone   sync.WaitGroup
 	snapReq  chan chan error
 
+	// life serialises Start, Stop and Close, so that a Start during a
+	// Stop cannot leave two streams or a wrong state behind.
+	life sync.Mutex
+
 	mu      sync.Mutex // guards everything below
 	active  bool
 	cancel  context.CancelFunc // of the running stream loop
@@ -379,6 +383,8 @@ func (r *Replica) Sync(ctx context.Context) error {
 // connects, dumps and streams in the background, and reconnects after
 // failures until Stop or Close. Start on a running stream does nothing.
 func (r *Replica) Start() {
+	r.life.Lock()
+	defer r.life.Unlock()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.active || r.closed.Load() {
@@ -396,6 +402,12 @@ func (r *Replica) Start() {
 // closed; the last list goes on being served, and a changed list is
 // written to the snapshot. Stop on a stopped stream does nothing.
 func (r *Replica) Stop() {
+	r.life.Lock()
+	defer r.life.Unlock()
+	r.stop()
+}
+
+func (r *Replica) stop() {
 	r.mu.Lock()
 	if !r.active {
 		r.mu.Unlock()
@@ -428,10 +440,12 @@ func (r *Replica) SetActive(on bool) {
 // Close stops the stream, writes a changed list to the snapshot and ends
 // the replica; Lookup then returns ErrClosed. Close is idempotent.
 func (r *Replica) Close() error {
+	r.life.Lock()
+	defer r.life.Unlock()
 	if r.closed.Load() {
 		return nil
 	}
-	r.Stop()
+	r.stop()
 	r.requestSnapshot(true)
 	r.closed.Store(true)
 	r.bgCancel()

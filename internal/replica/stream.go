@@ -117,6 +117,7 @@ func (r *Replica) session(ctx context.Context) (streamed bool, err error) {
 	}
 	s.sc = mupdate.NewScanner(bufio.NewReaderSize(src, 64<<10), r.cfg.MaxLiteral)
 
+	r.dumped.Store(0)
 	r.setStream(StreamDumping)
 	v, err := s.dump()
 	if err != nil {
@@ -180,7 +181,6 @@ func (s *session) dump() (*view, error) {
 	}
 	b := newBuilder(hint)
 	t0 := time.Now()
-	r.dumped.Store(0)
 	if err := readDump(s.sc, b, &r.dumped); err != nil {
 		return nil, err
 	}
