@@ -19,7 +19,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -32,8 +31,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/emersion/go-sasl"
 
 	"github.com/lmtpgate/lmtpgate/internal/lookup"
 )
@@ -495,145 +492,43 @@ func (c *Client) write(s string) error {
 	return err
 }
 
+// endpoint is the connection part of the configuration.
+func (c Config) endpoint() (Endpoint, error) {
+	tc, err := c.tlsConfig()
+	if err != nil {
+		return Endpoint{}, err
+	}
+	return Endpoint{
+		Address:          c.Address,
+		AuthName:         c.AuthName,
+		AuthzID:          c.AuthzID,
+		Password:         c.Password,
+		TLS:              c.TLS,
+		TLSConfig:        tc,
+		DialTimeout:      c.DialTimeout,
+		HandshakeTimeout: c.QueryTimeout,
+		MaxLiteral:       c.MaxLiteral,
+	}, nil
+}
+
 // connect dials, reads the greeting, does STARTTLS if configured and
 // authenticates. On success c.conn is set.
 func (c *Client) connect(ctx context.Context) error {
 	c.dials.Add(1)
-	dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
-	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(dctx, "tcp", c.cfg.Address)
+	ep, err := c.cfg.endpoint()
 	if err != nil {
 		return err
 	}
-	c.conn = conn
-	c.br = bufio.NewReader(conn)
-	c.tagN = 0
-	err = c.withDeadline(ctx, c.cfg.QueryTimeout, func() error {
-		if c.cfg.TLS == "tls" {
-			if err := c.startTLS(dctx); err != nil {
-				return err
-			}
-		}
-		mechs, starttls, err := c.readGreeting()
-		if err != nil {
-			return err
-		}
-		if c.cfg.TLS == "starttls" {
-			if !starttls {
-				return errors.New("server does not offer STARTTLS")
-			}
-			if err := c.write("S01 STARTTLS\r\n"); err != nil {
-				return err
-			}
-			if err := c.awaitOK("S01", "STARTTLS"); err != nil {
-				return err
-			}
-			if err := c.startTLS(dctx); err != nil {
-				return err
-			}
-			// RFC 3656 §5.1: the server sends its greeting again over
-			// TLS, with the mechanisms now allowed.
-			if mechs, _, err = c.readGreeting(); err != nil {
-				return err
-			}
-		}
-		return c.authenticate(mechs)
-	})
+	conn, err := Dial(ctx, ep)
 	if err != nil {
-		c.dropConn()
 		return err
 	}
+	c.conn, c.br, c.tagN = conn.NetConn, conn.Reader, 0
 	c.mu.Lock()
 	c.live = c.conn
 	c.mu.Unlock()
 	c.connects.Add(1)
 	c.startKeepAlive()
-	return nil
-}
-
-func (c *Client) startTLS(ctx context.Context) error {
-	cfg, err := c.cfg.tlsConfig()
-	if err != nil {
-		return err
-	}
-	if cfg.ServerName == "" {
-		host, _, err := net.SplitHostPort(c.cfg.Address)
-		if err != nil {
-			host = c.cfg.Address
-		}
-		cfg.ServerName = host
-	}
-	tc := tls.Client(c.conn, cfg)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		return fmt.Errorf("TLS handshake: %w", err)
-	}
-	c.conn = tc
-	c.br = bufio.NewReader(tc)
-	return nil
-}
-
-// readGreeting reads the untagged capability lines up to "* OK MUPDATE"
-// (Cyrus imap/mupdate.c, the banner). It returns the SASL mechanisms and whether
-// STARTTLS is offered.
-func (c *Client) readGreeting() (mechs []string, starttls bool, err error) {
-	for i := 0; ; i++ {
-		if i > 100 {
-			return nil, false, protoErr("greeting too long")
-		}
-		r, err := ReadResponse(c.br, c.cfg.MaxLiteral)
-		if err != nil {
-			return nil, false, fmt.Errorf("reading greeting: %w", err)
-		}
-		if r.Tag != "*" {
-			return nil, false, protoErr("tagged response %q in greeting", r.Tag)
-		}
-		switch r.Kind {
-		case "AUTH":
-			for _, m := range r.Args {
-				mechs = append(mechs, strings.ToUpper(m))
-			}
-		case "STARTTLS":
-			starttls = true
-		case "OK":
-			if len(r.Args) == 0 || !strings.EqualFold(r.Args[0], "MUPDATE") {
-				return nil, false, protoErr("greeting is not MUPDATE: %q", r.Args)
-			}
-			return mechs, starttls, nil
-		case "BYE", "NO", "BAD":
-			return nil, false, fmt.Errorf("server refused connection: %s %q", r.Kind, strings.Join(r.Args, " "))
-		default:
-			// COMPRESS, PARTIAL-UPDATE and anything newer: not used.
-		}
-	}
-}
-
-// authenticate logs in with SASL PLAIN and an initial response, in the
-// form Cyrus's own client sends: the mechanism quoted and the response as
-// a non-synchronising literal (Cyrus imap/mupdate-client.c, mupdate_authenticate). Cyrus's server reads
-// further challenges as bare lines, so only a one-round mechanism is safe.
-func (c *Client) authenticate(mechs []string) error {
-	if c.cfg.AuthName == "" {
-		return nil
-	}
-	plain := false
-	for _, m := range mechs {
-		plain = plain || m == "PLAIN"
-	}
-	if !plain {
-		return fmt.Errorf("server does not offer SASL PLAIN (offers %q); it may need allowplaintext or TLS", mechs)
-	}
-	_, ir, err := sasl.NewPlainClient(c.cfg.AuthzID, c.cfg.AuthName, c.cfg.Password).Start()
-	if err != nil {
-		return err
-	}
-	b64 := base64.StdEncoding.EncodeToString(ir)
-	if err := c.write(fmt.Sprintf("A01 AUTHENTICATE \"PLAIN\" {%d+}\r\n%s\r\n", len(b64), b64)); err != nil {
-		return err
-	}
-	if err := c.awaitOK("A01", "AUTHENTICATE"); err != nil {
-		return fmt.Errorf("authentication as %q failed: %w", c.cfg.AuthName, err)
-	}
 	return nil
 }
 

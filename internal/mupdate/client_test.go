@@ -499,3 +499,28 @@ func TestFindAnswers(t *testing.T) {
 		})
 	}
 }
+
+// Dial reads the capabilities the master offers, which the replica's
+// stream uses to decide on COMPRESS.
+func TestDialGreeting(t *testing.T) {
+	srv := fakemupdate.New(t)
+	conn, err := mupdate.Dial(context.Background(), mupdate.Endpoint{
+		Address: srv.Addr(), AuthName: fakemupdate.DefaultUser, Password: fakemupdate.DefaultPassword,
+		DialTimeout: 5 * time.Second, HandshakeTimeout: 5 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	g := conn.Greeting
+	if !g.Compress || !g.PartialUpdate || g.StartTLS || len(g.Mechanisms) != 2 || g.Banner[len(g.Banner)-1] != "(master)" {
+		t.Errorf("greeting %+v", g)
+	}
+	if _, err := mupdate.Dial(context.Background(), mupdate.Endpoint{Address: srv.Addr(), TLS: "yes"}); err == nil {
+		t.Error("Dial accepted TLS mode \"yes\"")
+	}
+	bad := mupdate.Endpoint{Address: srv.Addr(), AuthName: fakemupdate.DefaultUser, Password: "wrong", HandshakeTimeout: 5 * time.Second}
+	if _, err := mupdate.Dial(context.Background(), bad); err == nil || !strings.Contains(err.Error(), "authentication") {
+		t.Errorf("Dial with a wrong password: %v", err)
+	}
+}

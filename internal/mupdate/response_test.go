@@ -185,3 +185,46 @@ func FuzzResponse(f *testing.F) {
 		}
 	})
 }
+
+// A Scanner reading a long stream allocates nothing per response once
+// its buffers have grown: this is what makes a dump of a million
+// mailboxes cheap to read.
+func TestScannerDoesNotAllocate(t *testing.T) {
+	const one = "U01 MAILBOX {13+}\r\nuser.u0000001 {17+}\r\n127.0.0.2!default {24+}\r\nu0000001\tlrswipkxtecdan\t\r\n"
+	in := strings.Repeat(one, 1100)
+	s := mupdate.NewScanner(bufio.NewReader(strings.NewReader(in)), 0)
+	if err := s.Scan(); err != nil { // grows the buffers
+		t.Fatal(err)
+	}
+	allocs := testing.AllocsPerRun(1000, func() {
+		if err := s.Scan(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("Scan allocates %v times per response, want 0", allocs)
+	}
+	if string(s.Tag()) != "U01" || string(s.Kind()) != "MAILBOX" || s.NArgs() != 3 ||
+		string(s.Arg(0)) != "user.u0000001" || string(s.Arg(2)) != "u0000001\tlrswipkxtecdan\t" {
+		t.Errorf("last response: %v", s.Response())
+	}
+}
+
+// The Scanner upper-cases the keyword and leaves the arguments as sent.
+func TestScannerFields(t *testing.T) {
+	s := mupdate.NewScanner(bufio.NewReader(strings.NewReader("u01 delete {5+}\r\nUser. \"a\\\"b\" NIL\r\n")), 0)
+	if err := s.Scan(); err != nil {
+		t.Fatal(err)
+	}
+	got := s.Response()
+	want := mupdate.Response{Tag: "u01", Kind: "DELETE", Args: []string{"User.", "a\"b", ""}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got %#v, want %#v", got, want)
+	}
+	if s.Buffered() != 0 {
+		t.Errorf("Buffered = %d after the whole input", s.Buffered())
+	}
+	if err := s.Scan(); err != io.EOF {
+		t.Errorf("Scan at end: %v, want io.EOF", err)
+	}
+}

@@ -109,6 +109,12 @@ func imapdConf(r role, dir, servername, sasldb, masterAddr string, serverlist []
 		kv("admins", adminUser)
 		kv("proxyservers", proxyUser)
 		kv("lmtp_admins", proxyUser+" "+adminUser)
+		// XFER (moving a mailbox to another backend) logs in to the
+		// destination backend's IMAP as proxy_authname, which must be an
+		// admin there; moving a user's mailboxes needs allowusermoves.
+		kv("proxy_authname", adminUser)
+		kv("proxy_password", adminPass)
+		kv("allowusermoves", "yes")
 		mupdateClient()
 	case roleFrontend:
 		// The replica, like the master, accepts only admins; mupdate is

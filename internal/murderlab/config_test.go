@@ -59,9 +59,12 @@ func TestImapdConfRoles(t *testing.T) {
 	}{
 		{"master", roleMaster, map[string]string{"servername": "127.9.9.1", "admins": "admin mupdate"},
 			[]string{"mupdate_server", "proxyservers", "proxy_authname"}},
+		// A backend's proxy_authname is what XFER logs in to the other
+		// backend as: an admin there.
 		{"backend", roleBackend, map[string]string{"servername": "127.9.9.2", "proxyservers": "proxy",
-			"lmtp_admins": "proxy admin", "mupdate_server": master, "mupdate_authname": "mupdate"},
-			[]string{"serverlist", "proxy_authname", "mupdate_username"}},
+			"lmtp_admins": "proxy admin", "mupdate_server": master, "mupdate_authname": "mupdate",
+			"proxy_authname": "admin", "allowusermoves": "yes"},
+			[]string{"serverlist", "mupdate_username"}},
 		// A frontend must never have proxyservers: its presence turns a
 		// server into a backend.
 		{"frontend", roleFrontend, map[string]string{"servername": "127.9.9.1", "proxy_authname": "proxy",

@@ -203,6 +203,39 @@ func (l *Lab) RenameMailbox(ctx context.Context, backend int, from, to string) e
 	return nil
 }
 
+// MoveMailbox moves a mailbox from backend from to backend to with Cyrus's
+// XFER, as admin on the source backend; a user's INBOX ("user/alice")
+// takes the user's whole hierarchy along. The source deactivates the
+// mailbox at the master (it becomes a reservation), copies it to the
+// destination and activates it there. Cyrus reports a failure to move a
+// user as an untagged NO before a tagged OK, so that is an error too.
+//
+// Cyrus 3.6 as Debian builds it (without libuuid) makes mailbox uniqueids
+// from rand(), and the backends of a lab produce the same sequence: the
+// first mailbox created on backend1 has the uniqueid of the first one
+// created on backend2. XFER refuses to move a mailbox whose uniqueid the
+// destination already holds ("Mailbox has been moved to another server"),
+// so move mailboxes to a backend that has none created the same way, e.g.
+// one that is still empty. Moving a shared (non-user) mailbox trips an
+// assertion in Cyrus 3.6.1's imapd; move users.
+func (l *Lab) MoveMailbox(ctx context.Context, from int, name string, to int) error {
+	c, err := l.adminIMAP(ctx, from)
+	if err != nil {
+		return err
+	}
+	defer c.Logout(ctx)
+	rs, err := c.Do(ctx, "XFER", imapc.Quote(name), imapc.Quote(l.BackendServer(to)))
+	if err != nil {
+		return fmt.Errorf("murderlab: backend%d: %w", from, err)
+	}
+	for _, r := range rs {
+		if r.Status == "NO" || r.Status == "BAD" {
+			return fmt.Errorf("murderlab: backend%d: XFER %s: %s %s", from, name, r.Status, r.Text)
+		}
+	}
+	return nil
+}
+
 // FrontendMailboxes returns the frontend's mailboxes.db as Cyrus itself
 // reads it (ctl_mboxlist -d): internal name → server string.
 func (l *Lab) FrontendMailboxes(ctx context.Context) (map[string]string, error) {
