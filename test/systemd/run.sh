@@ -39,7 +39,7 @@ for f in "$here"/checks/*.sh; do
 done
 
 trap ct_cleanup EXIT
-trap 'exit 130' INT TERM
+trap t_abort INT TERM
 
 preflight() {
 	local missing="" tool

@@ -25,7 +25,8 @@ check_start_failure() {
 		return 1
 	fi
 	restarts=$(prop lmtpgate.service NRestarts)
-	echo "failed after $restarts restarts; lmtpgate.socket: $(prop lmtpgate.socket ActiveState) ($(prop lmtpgate.socket Result))"
+	echo "failed after $restarts restarts; lmtpgate.socket: $(prop lmtpgate.socket ActiveState) ($(prop lmtpgate.socket Result))," \
+		"/run/lmtpgate/lmtp.sock: $(ct stat -c %F /run/lmtpgate/lmtp.sock 2>&1)"
 	[ "$restarts" -ge 1 ] || fail "no restart at all: NRestarts=$restarts"
 	# NRestarts counts the restart that the start limit refused.
 	[ "$restarts" -le "$burst" ] || fail "NRestarts=$restarts, more than StartLimitBurst=$burst"

@@ -6,6 +6,17 @@ T_N=0
 T_PASSED=0
 T_FAILED=0
 T_FAILED_NAMES=()
+T_CHECK_PID=""
+
+# t_abort ends the check in progress (by its PID) when the script is
+# interrupted; the EXIT trap then powers the container off.
+t_abort() {
+	if [ -n "$T_CHECK_PID" ]; then
+		kill -TERM "$T_CHECK_PID" 2>/dev/null || true
+	fi
+	echo "# interrupted"
+	exit 130
+}
 
 # t DESCRIPTION FUNCTION: run one check and report it.
 t() {
@@ -16,11 +27,16 @@ t() {
 		return 0
 	fi
 	out=$(mktemp)
+	# In the background and waited for, so that a signal to this script
+	# is handled at once (t_abort) rather than after the check.
 	(
 		set -e
 		"$fn"
-	) >"$out" 2>&1
+	) >"$out" 2>&1 &
+	T_CHECK_PID=$!
+	wait "$T_CHECK_PID"
 	rc=$?
+	T_CHECK_PID=""
 	if [ $rc -eq 0 ]; then
 		T_PASSED=$((T_PASSED + 1))
 		echo "ok $T_N - $desc ($((SECONDS - t0)) s)"
