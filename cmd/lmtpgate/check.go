@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"slices"
 	"sort"
@@ -17,6 +19,7 @@ import (
 	"github.com/lmtpgate/lmtpgate/internal/journal"
 	"github.com/lmtpgate/lmtpgate/internal/mboxlist"
 	"github.com/lmtpgate/lmtpgate/internal/mupdate"
+	"github.com/lmtpgate/lmtpgate/internal/replica"
 )
 
 // check validates the configuration as the daemon would load it, and then
@@ -74,6 +77,10 @@ func check(ctx context.Context, path string, connect bool, stdout io.Writer) err
 			if !hasProblem(cfg, "lookup."+strings.ReplaceAll(name, "-", "_")+".password") {
 				answering++
 			}
+		case config.SourceMasterReplica:
+			if checkReplica(cfg, stdout) {
+				answering++
+			}
 		}
 	}
 	if answering == 0 {
@@ -105,6 +112,29 @@ func check(ctx context.Context, path string, connect bool, stdout io.Writer) err
 	}
 	fmt.Fprintf(stdout, "%s: OK (mode %s from %s; lookup order %s)\n", path, cfg.Mode, cfg.ModeFrom, strings.Join(cfg.Order(), ", "))
 	return nil
+}
+
+// checkReplica reports on the master replica's snapshot and says whether
+// the replica will have a list to answer from: its snapshot, or the
+// master's dump when the master's login is configured.
+func checkReplica(cfg *config.Config, stdout io.Writer) bool {
+	rc := cfg.Lookup.Replica
+	fromSnapshot := false
+	switch info, err := replica.CheckSnapshot(rc.SnapshotPath); {
+	case rc.SnapshotPath == "":
+		fmt.Fprintln(stdout, "warning: lookup.master_replica.snapshot is empty: after a restart during a master outage there is no list to route from")
+	case errors.Is(err, fs.ErrNotExist):
+		fmt.Fprintf(stdout, "%s: no snapshot yet (it is written after the first dump from the master)\n", rc.SnapshotPath)
+	case err != nil:
+		fmt.Fprintf(stdout, "warning: lookup.master_replica.snapshot: %v (the replica refuses it and waits for the master's dump)\n", err)
+	default:
+		fromSnapshot = true
+		fmt.Fprintf(stdout, "%s: %d mailboxes from %s, as of %s (%s ago)\n", rc.SnapshotPath, info.Mailboxes, info.Master, info.AsOf.Format(time.RFC3339), time.Since(info.AsOf).Round(time.Second))
+	}
+	if fromSnapshot {
+		return true
+	}
+	return cfg.Mode != config.ModeNoMaster && !hasProblem(cfg, "lookup.master_mupdate.password")
 }
 
 func hasProblem(cfg *config.Config, key string) bool {
@@ -168,7 +198,12 @@ func preflight(ctx context.Context, cfg *config.Config, pool *backend.Pool, serv
 		switch name {
 		case config.SourceLocalMupdate:
 			m = cfg.Lookup.Local
-		case config.SourceMasterMupdate:
+		case config.SourceMasterMupdate, config.SourceMasterReplica:
+			if name == config.SourceMasterReplica && (cfg.Mode == config.ModeNoMaster || slices.Contains(cfg.Order(), config.SourceMasterMupdate)) {
+				// No stream in no-master mode; the master's login is
+				// tried once.
+				continue
+			}
 			m = cfg.Lookup.Master
 		default:
 			continue

@@ -20,6 +20,7 @@ import (
 	"github.com/lmtpgate/lmtpgate/internal/config"
 	"github.com/lmtpgate/lmtpgate/internal/control"
 	"github.com/lmtpgate/lmtpgate/internal/journal"
+	"github.com/lmtpgate/lmtpgate/internal/lookup"
 	"github.com/lmtpgate/lmtpgate/internal/service"
 )
 
@@ -243,7 +244,7 @@ func printResolved(w io.Writer, res []control.ResolveResult, verbose bool, from 
 				fmt.Fprintf(w, "  %-15s %-50s %8.3f ms\n", t.Source+":", t.Answer, float64(t.Micros)/1000)
 			}
 			for _, s := range r.Sources {
-				fmt.Fprintf(w, "  [%s %s] %s\n", s.Name, okDown(s.Healthy), s.Detail)
+				fmt.Fprintf(w, "  [%s %s] %s\n", s.Name, sourceWord(s.Health), s.Detail)
 			}
 			fmt.Fprintf(w, "  (resolved by %s)\n", from)
 		}
@@ -266,6 +267,15 @@ func resolveExit(res []control.ResolveResult) error {
 		return nil
 	}
 	return &exitError{code: code}
+}
+
+// sourceWord is a source's health in one word: ok, stale (answering from
+// a list it cannot bring up to date) or DOWN.
+func sourceWord(h lookup.Health) string {
+	if h.Healthy && h.Stale {
+		return "stale"
+	}
+	return okDown(h.Healthy)
 }
 
 func okDown(ok bool) string {
@@ -399,7 +409,7 @@ func status(ctx context.Context, path string, jsonOut bool, stdout io.Writer) er
 		fmt.Fprintf(stdout, "MODE FILE IGNORED: %s\n", s.ModeProblem)
 	}
 	for _, src := range s.Sources {
-		fmt.Fprintf(stdout, "source:   %-15s %-4s %s\n", src.Name, okDown(src.Healthy), src.Detail)
+		fmt.Fprintf(stdout, "source:   %-15s %-5s %s\n", src.Name, sourceWord(src.Health), src.Detail)
 	}
 	for _, be := range s.Backends {
 		state := "ok"

@@ -34,6 +34,7 @@ import (
 	"github.com/lmtpgate/lmtpgate/internal/lookup"
 	"github.com/lmtpgate/lmtpgate/internal/mboxlist"
 	"github.com/lmtpgate/lmtpgate/internal/mupdate"
+	"github.com/lmtpgate/lmtpgate/internal/replica"
 )
 
 // Defaults for where things live; the packages and units use the same.
@@ -54,10 +55,13 @@ const (
 	SourceMailboxesDB   = "mailboxes-db"
 	SourceLocalMupdate  = "local-mupdate"
 	SourceMasterMupdate = "master-mupdate"
+	// SourceMasterReplica is lmtpgate's own replica of the master's
+	// mailbox list, streamed from lookup.master_mupdate.
+	SourceMasterReplica = replica.Name
 )
 
 // Sources lists the lookup source names in the order the docs give them.
-var Sources = []string{SourceMailboxesDB, SourceLocalMupdate, SourceMasterMupdate}
+var Sources = []string{SourceMailboxesDB, SourceLocalMupdate, SourceMasterMupdate, SourceMasterReplica}
 
 // Mode is master or no-master.
 type Mode string
@@ -113,6 +117,10 @@ type LookupConfig struct {
 	Cache       lookup.CacheConfig
 	Local       mupdate.Config
 	Master      mupdate.Config
+	// Replica is the master-replica source: its connection comes from
+	// Master (address, credentials, TLS, dial and query timeouts,
+	// backoff), the rest from lookup.master_replica.
+	Replica replica.Config
 }
 
 // MetricsConfig holds the metrics.* keys.
@@ -448,6 +456,17 @@ type rawLookup struct {
 	Cache             rawCache   `yaml:"cache"`
 	LocalMupdate      rawMupdate `yaml:"local_mupdate" cfg:"Lookup.Local"`
 	MasterMupdate     rawMupdate `yaml:"master_mupdate" cfg:"Lookup.Master"`
+	MasterReplica     rawReplica `yaml:"master_replica" cfg:"Lookup.Replica"`
+}
+
+type rawReplica struct {
+	Snapshot             *string   `yaml:"snapshot" cfg:"SnapshotPath"`
+	SnapshotInterval     *Duration `yaml:"snapshot_interval" cfg:"SnapshotInterval"`
+	MissWait             *Duration `yaml:"miss_wait" cfg:"MissWait"`
+	KeepAlive            *Duration `yaml:"keepalive" cfg:"KeepAlive"`
+	DumpIdleTimeout      *Duration `yaml:"dump_idle_timeout" cfg:"DumpIdleTimeout"`
+	Compress             *bool     `yaml:"compress" cfg:"Compress"`
+	StaleMissUnavailable *bool     `yaml:"stale_miss_unavailable" cfg:"StaleMissUnavailable"`
 }
 
 type rawBackends struct {
@@ -753,7 +772,7 @@ func (b *builder) buildLookup(r *rawLookup) {
 	}
 	for i, s := range l.Order {
 		if !slices.Contains(Sources, s) {
-			b.fail(fmt.Sprintf("lookup.order[%d]", i), "unknown source %q (want mailboxes-db, local-mupdate or master-mupdate)", s)
+			b.fail(fmt.Sprintf("lookup.order[%d]", i), "unknown source %q (want mailboxes-db, local-mupdate, master-mupdate or master-replica)", s)
 		}
 		if slices.Index(l.Order, s) != i {
 			b.fail(fmt.Sprintf("lookup.order[%d]", i), "source %q listed twice", s)
@@ -799,19 +818,55 @@ func (b *builder) buildLookup(r *rawLookup) {
 	b.str(&master.AuthName, nil, "mupdate_authname")
 	b.str(&master.AuthzID, nil, "mupdate_username")
 	b.str(&master.Password, nil, "mupdate_password")
-	l.Master = b.mupdate("lookup.master_mupdate", &r.MasterMupdate, master, slices.Contains(l.Order, SourceMasterMupdate))
+	usesMaster := slices.Contains(l.Order, SourceMasterMupdate) || slices.Contains(l.Order, SourceMasterReplica)
+	l.Master = b.mupdate("lookup.master_mupdate", &r.MasterMupdate, master, usesMaster)
 	// The local replica accepts only imapd.conf admins; the master's
 	// identity is usually one, so it is the default.
 	local := mupdate.DefaultConfig()
 	local.Address = "127.0.0.1:3905"
 	local.AuthName, local.AuthzID, local.Password = l.Master.AuthName, l.Master.AuthzID, l.Master.Password
 	l.Local = b.mupdate("lookup.local_mupdate", &r.LocalMupdate, local, slices.Contains(l.Order, SourceLocalMupdate))
-	if slices.Contains(l.Order, SourceMasterMupdate) && l.Master.Address == "" {
-		b.fail("lookup.master_mupdate.address", "required when master-mupdate is in lookup.order (or set mupdate_server in imapd.conf)")
+	if usesMaster && l.Master.Address == "" {
+		b.fail("lookup.master_mupdate.address", "required when master-mupdate or master-replica is in lookup.order (or set mupdate_server in imapd.conf)")
 	}
+	b.buildReplica(&r.MasterReplica)
 	if slices.Contains(l.Order, SourceLocalMupdate) && slices.Contains(l.Order, SourceMasterMupdate) && sameHostPort(l.Local.Address, l.Master.Address) {
 		b.problem("lookup.local_mupdate.address", "%s is the master's own address: no-master mode would still reach the master through local-mupdate; point it at the frontend's own mupdate replica", l.Local.Address)
 	}
+}
+
+// buildReplica resolves lookup.master_replica over replica's defaults;
+// the connection is lookup.master_mupdate's.
+func (b *builder) buildReplica(r *rawReplica) {
+	l := &b.c.Lookup
+	rc := replica.DefaultConfig()
+	m := l.Master
+	rc.Address, rc.AuthName, rc.AuthzID, rc.Password, rc.TLS = m.Address, m.AuthName, m.AuthzID, m.Password, m.TLS
+	rc.TLSCAFile = m.TLSCAFile
+	rc.DialTimeout, rc.QueryTimeout, rc.BackoffMin, rc.BackoffMax = m.DialTimeout, m.QueryTimeout, m.BackoffMin, m.BackoffMax
+	rc.MaxLiteral = m.MaxLiteral
+	rc.SnapshotPath = filepath.Join(b.c.StateDir, replica.DefaultSnapshotName)
+	b.str(&rc.SnapshotPath, r.Snapshot, "")
+	b.dur(&rc.SnapshotInterval, "lookup.master_replica.snapshot_interval", r.SnapshotInterval, nonNegative)
+	b.dur(&rc.MissWait, "lookup.master_replica.miss_wait", r.MissWait, nonNegative)
+	b.dur(&rc.KeepAlive, "lookup.master_replica.keepalive", r.KeepAlive, positive)
+	b.dur(&rc.DumpIdleTimeout, "lookup.master_replica.dump_idle_timeout", r.DumpIdleTimeout, positive)
+	b.boolean(&rc.Compress, "lookup.master_replica.compress", r.Compress, "")
+	b.boolean(&rc.StaleMissUnavailable, "lookup.master_replica.stale_miss_unavailable", r.StaleMissUnavailable, "")
+	if rc.SnapshotPath != "" && !filepath.IsAbs(rc.SnapshotPath) {
+		b.fail("lookup.master_replica.snapshot", "%q: want an absolute path, or \"\" for no snapshot", rc.SnapshotPath)
+	}
+	if !slices.Contains(l.Order, SourceMasterReplica) {
+		l.Replica = rc
+		return
+	}
+	if rc.MissWait >= l.Timeout {
+		b.warn("lookup.master_replica.miss_wait: %v is not shorter than lookup.timeout (%v): a miss may use up the whole lookup", rc.MissWait, l.Timeout)
+	}
+	if slices.Contains(l.Order, SourceMasterMupdate) && slices.Index(l.Order, SourceMasterMupdate) < slices.Index(l.Order, SourceMasterReplica) {
+		b.warn("lookup.order: master-mupdate before master-replica asks the master for every message; put master-replica first")
+	}
+	l.Replica = rc
 }
 
 // mupdate resolves one MUPDATE server block over def, which carries the

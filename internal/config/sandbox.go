@@ -133,6 +133,9 @@ func SandboxProblems(c *Config, sb *Sandbox) []Problem {
 			read(key, path)
 		}
 	}
+	if contains(c.Order(), SourceMasterReplica) && c.Lookup.Replica.SnapshotPath != "" {
+		write("lookup.master_replica.snapshot", filepath.Dir(c.Lookup.Replica.SnapshotPath))
+	}
 	write("lmtp.spool_dir", c.LMTP.SpoolDir)
 	write("state_dir", c.StateDir)
 	if c.ControlSocket != "" {

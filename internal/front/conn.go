@@ -48,7 +48,8 @@ type mtaConn struct {
 	inTxn   atomic.Bool // between MAIL and the end of the transaction
 
 	mu         sync.Mutex
-	waiting    bool // a Read is blocked on the client (between commands)
+	reading    bool // a Read is blocked on the client
+	waiting    bool // ... between commands
 	dataMode   bool // a message is being received in DATA
 	closing    bool // 421 sent, the connection is being closed
 	ended      error
@@ -86,11 +87,11 @@ func (c *mtaConn) Read(p []byte) (int, error) {
 			c.mu.Unlock()
 			return 0, err
 		}
-		c.waiting = !c.dataMode && c.chunk == 0
+		c.reading, c.waiting = true, !c.dataMode && c.chunk == 0
 		c.mu.Unlock()
 		n, err := c.Conn.Read(p)
 		c.mu.Lock()
-		c.waiting = false
+		c.reading, c.waiting = false, false
 		if c.closing {
 			c.mu.Unlock()
 			return 0, net.ErrClosed
@@ -203,11 +204,37 @@ func (c *mtaConn) shutdownIdle() bool {
 	if !c.waiting || c.closing {
 		return false
 	}
+	c.say421AndClose()
+	return true
+}
+
+// cut ends the connection when the stop ran out of time. A client the
+// server is reading from (between commands, or in the middle of its
+// message) hears 421 first: go-smtp writes nothing while it reads, so the
+// line cannot interleave with a reply. Otherwise (a reply is being
+// written, or the backends are being waited on) the connection is closed
+// without one; the MTA retries what it got no answer for.
+func (c *mtaConn) cut() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return
+	}
+	if c.reading {
+		c.say421AndClose()
+		return
+	}
+	c.closing = true
+	c.Conn.Close()
+}
+
+// say421AndClose writes the 421 line, briefly bounded, and closes. c.mu
+// is held.
+func (c *mtaConn) say421AndClose() {
 	c.closing = true
 	c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
 	c.Conn.Write([]byte(shutdownLine))
 	c.Conn.Close()
-	return true
 }
 
 // shutdownLine is replyShutdown on the wire.

@@ -385,8 +385,9 @@ func TestVerifyRcpt(t *testing.T) {
 	}
 }
 
-// A stop answers 421 (RFC 5321 §3.8) to a client it waits on, idle or
-// paused inside a transaction, rather than closing without a word.
+// A stop answers 421 (RFC 5321 §3.8) to a client it waits on, idle,
+// paused inside a transaction, or stopped in the middle of its message
+// once the stop's time is up, rather than closing without a word.
 func TestShutdownSays421(t *testing.T) {
 	h := newHarness(t)
 	idle := h.raw()
@@ -395,6 +396,14 @@ func TestShutdownSays421(t *testing.T) {
 	paused.expect(250)
 	paused.cmd("RCPT TO:<alice@x>")
 	paused.expect(250)
+	midData := h.raw()
+	midData.cmd("MAIL FROM:<s@example.org>")
+	midData.expect(250)
+	midData.cmd("RCPT TO:<alice@x>")
+	midData.expect(250)
+	midData.cmd("DATA")
+	midData.expect(354)
+	midData.cmd("Subject: the client stops here, before the final dot")
 	done := make(chan struct{})
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -407,6 +416,9 @@ func TestShutdownSays421(t *testing.T) {
 	}
 	if code, msg := paused.reply(); code != 421 {
 		t.Errorf("paused transaction at stop: %d %q, want 421", code, msg)
+	}
+	if code, msg := midData.reply(); code != 421 {
+		t.Errorf("message cut off at stop: %d %q, want 421", code, msg)
 	}
 	<-done
 	if len(h.be1.Messages()) != 0 {

@@ -266,10 +266,11 @@ func (s *Server) Shutdown(ctx context.Context) {
 		}
 		if left <= 0 {
 			// What is left — a transaction that outlived the grace, a
-			// client that stopped reading — is cut off; the MTA retries
-			// what it got no answer for.
+			// client that stopped reading — is cut off, with a 421
+			// where one can be said; the MTA retries what it got no
+			// answer for.
 			for _, c := range s.openConns() {
-				c.Conn.Close()
+				c.cut()
 			}
 			<-done
 			return

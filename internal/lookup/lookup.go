@@ -93,6 +93,10 @@ type Health struct {
 	CacheHits    uint64 `json:"cache_hits,omitempty"`
 	CacheMisses  uint64 `json:"cache_misses,omitempty"`
 	CacheEntries int    `json:"cache_entries,omitempty"`
+	// Stale is set while a source answers from a list it cannot bring
+	// up to date (mailboxes.db unreadable since its last good load, the
+	// master replica's stream down or stopped).
+	Stale bool `json:"stale,omitempty"`
 	// LastError is the last failure.
 	LastError string `json:"last_error,omitempty"`
 }

@@ -272,7 +272,7 @@ func (d *DB) Health() lookup.Health {
 	h.Healthy, h.State = true, "loaded"
 	h.Detail = fmt.Sprintf("%d mailboxes, loaded %s ago, %s", s.Entries, time.Since(s.LoadedAt).Round(time.Second), s.Watching)
 	if s.LastError != "" && s.LastErrorAt.After(s.LoadedAt) {
-		h.State = "stale"
+		h.State, h.Stale = "stale", true
 		h.Detail += "; keeping last good index: " + s.LastError
 	}
 	d.pokes.mu.Lock()

@@ -31,6 +31,7 @@ import (
 	"github.com/lmtpgate/lmtpgate/internal/backend"
 	"github.com/lmtpgate/lmtpgate/internal/front"
 	"github.com/lmtpgate/lmtpgate/internal/lookup"
+	"github.com/lmtpgate/lmtpgate/internal/replica"
 )
 
 // State is what the collector reads at scrape time.
@@ -204,13 +205,14 @@ var (
 	descCacheHits      = prometheus.NewDesc("lmtpgate_lookup_cache_hits_total", "Lookups a MUPDATE source's cache answered.", []string{"source"}, nil)
 	descCacheMisses    = prometheus.NewDesc("lmtpgate_lookup_cache_misses_total", "Lookups a MUPDATE source's cache passed on.", []string{"source"}, nil)
 	descEntries        = prometheus.NewDesc("lmtpgate_source_mailboxes", "Mailboxes a source holds in memory (mailboxes.db, the master replica).", []string{"source"}, nil)
+	descReplicaStream  = prometheus.NewDesc("lmtpgate_replica_stream", "1 for the master replica's stream state (stopped in no-master mode, connecting, dumping, streaming, backoff after a failure), 0 for the others.", []string{"state"}, nil)
 	descLoaded         = prometheus.NewDesc("lmtpgate_source_loaded_timestamp_seconds", "When a source's list was last brought up to date.", []string{"source"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSessionsOpen, descSessions, descRefused, descMessages, descBytes, descMode,
 		descReloadTime, descReloadOK, descBackendUp, descBackendFlight, descBackendIdle, descBackendDeliv, descBackendRefused,
-		descBackendFail, descSourceUp, descSourceStale, descCacheHits, descCacheMisses, descEntries, descLoaded} {
+		descBackendFail, descSourceUp, descSourceStale, descCacheHits, descCacheMisses, descEntries, descLoaded, descReplicaStream} {
 		ch <- d
 	}
 }
@@ -250,7 +252,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, s := range st.Sources {
 		gauge(descSourceUp, b2f(s.Healthy), s.Name)
-		gauge(descSourceStale, b2f(s.State == "stale"), s.Name)
+		gauge(descSourceStale, b2f(s.Stale), s.Name)
 		if s.CacheHits+s.CacheMisses > 0 || s.Name == "local-mupdate" || s.Name == "master-mupdate" {
 			counter(descCacheHits, s.CacheHits, s.Name)
 			counter(descCacheMisses, s.CacheMisses, s.Name)
@@ -258,6 +260,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		if !s.LoadedAt.IsZero() {
 			gauge(descEntries, float64(s.Entries), s.Name)
 			gauge(descLoaded, float64(s.LoadedAt.UnixNano())/1e9, s.Name)
+		}
+		if s.Name == replica.Name {
+			for _, state := range replica.StreamStates {
+				gauge(descReplicaStream, b2f(s.State == state), state)
+			}
 		}
 	}
 }

@@ -110,16 +110,21 @@ func (c *Config) Validate() error {
 
 // tlsConfig returns the TLS client configuration; ServerName is set at
 // connect time.
-func (c *Config) tlsConfig() (*tls.Config, error) {
+func (c *Config) tlsConfig() (*tls.Config, error) { return TLSConfig(c.TLSCAFile) }
+
+// TLSConfig is the TLS client configuration for a MUPDATE server whose
+// certificate is signed by a CA in caFile (a PEM bundle), or by the
+// system's roots when caFile is "". ServerName is set at connect time.
+func TLSConfig(caFile string) (*tls.Config, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if c.TLSCAFile != "" {
-		pem, err := os.ReadFile(c.TLSCAFile)
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
 		if err != nil {
 			return nil, fmt.Errorf("TLSCAFile: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("TLSCAFile: no PEM certificate in %s", c.TLSCAFile)
+			return nil, fmt.Errorf("TLSCAFile: no PEM certificate in %s", caFile)
 		}
 		tc.RootCAs = pool
 	}

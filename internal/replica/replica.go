@@ -65,8 +65,9 @@ type Config struct {
 	Password string
 	// TLS is "none" or "" (plain TCP), "starttls" or "tls".
 	TLS string
-	// TLSConfig is used in either TLS mode; nil means the system roots.
-	TLSConfig *tls.Config
+	// TLSCAFile is a PEM bundle of the CAs the master's certificate
+	// must chain to, in either TLS mode; "" means the system's roots.
+	TLSCAFile string
 	// DialTimeout bounds the TCP (and TLS) connect. Must be > 0.
 	DialTimeout time.Duration
 	// QueryTimeout bounds the greeting, STARTTLS, AUTHENTICATE and
@@ -101,6 +102,10 @@ type Config struct {
 	Compress bool
 	// SnapshotPath is the snapshot file; "" keeps no snapshot.
 	SnapshotPath string
+	// SnapshotReadOnly reads the snapshot but never writes it: for a
+	// second process (`lmtpgate resolve --local`) next to the daemon
+	// that owns the file.
+	SnapshotReadOnly bool
 	// SnapshotInterval is how often a list that changed is written to
 	// the snapshot, besides after each dump and at Stop and Close; 0
 	// writes only then.
@@ -145,17 +150,22 @@ func (c Config) Validate() error {
 	case c.MaxLiteral <= 0 || c.MaxLiteral > MaxMaxLiteral:
 		return fmt.Errorf("master-replica: max literal %d out of range 1..%d", c.MaxLiteral, MaxMaxLiteral)
 	}
+	if _, err := mupdate.TLSConfig(c.TLSCAFile); err != nil {
+		return fmt.Errorf("master-replica: %w", err)
+	}
 	return nil
 }
 
-func (c Config) endpoint() mupdate.Endpoint {
+// endpoint is the connection part of the configuration, with tc for
+// either TLS mode.
+func (c Config) endpoint(tc *tls.Config) mupdate.Endpoint {
 	return mupdate.Endpoint{
 		Address:          c.Address,
 		AuthName:         c.AuthName,
 		AuthzID:          c.AuthzID,
 		Password:         c.Password,
 		TLS:              c.TLS,
-		TLSConfig:        c.TLSConfig,
+		TLSConfig:        tc,
 		DialTimeout:      c.DialTimeout,
 		HandshakeTimeout: c.QueryTimeout,
 		MaxLiteral:       c.MaxLiteral,
@@ -179,6 +189,9 @@ const (
 	StreamBackoff    = "backoff"    // waiting to reconnect after a failure
 	StreamClosed     = "closed"
 )
+
+// StreamStates lists every stream state, for metrics that show each.
+var StreamStates = []string{StreamStopped, StreamConnecting, StreamDumping, StreamStreaming, StreamBackoff, StreamClosed}
 
 // Status is the replica's state, for `lmtpgate status` and `resolve -v`.
 type Status struct {
@@ -241,6 +254,7 @@ func (s Status) String() string {
 // concurrent use.
 type Replica struct {
 	cfg Config
+	tls *tls.Config // from cfg.TLSCAFile
 	log *slog.Logger
 
 	view   atomic.Pointer[view]
@@ -279,11 +293,16 @@ func New(cfg Config, log *slog.Logger) (*Replica, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	tc, err := mupdate.TLSConfig(cfg.TLSCAFile)
+	if err != nil {
+		return nil, err
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	r := &Replica{
 		cfg:     cfg,
+		tls:     tc,
 		log:     log.With("source", Name),
 		ready:   make(chan struct{}),
 		snapReq: make(chan chan error, 1),
@@ -653,6 +672,9 @@ func (r *Replica) snapshotLoop() {
 
 // writeSnapshot writes the current list if it is not the one on disk.
 func (r *Replica) writeSnapshot() error {
+	if r.cfg.SnapshotReadOnly {
+		return nil
+	}
 	v := r.view.Load()
 	r.mu.Lock()
 	if v == nil || v == r.written {
@@ -677,4 +699,26 @@ func (r *Replica) writeSnapshot() error {
 	r.st.SnapshotWritten, r.st.SnapshotError = time.Now(), ""
 	r.log.Debug("snapshot of the mailbox list written", "path", r.cfg.SnapshotPath, "mailboxes", v.n, "dur_ms", time.Since(t0).Milliseconds())
 	return nil
+}
+
+// Health is the replica's state for `lmtpgate status` and the metrics:
+// healthy while it has a list to answer from, stale while that list is
+// not kept current (the stream is down, or stopped in no-master mode).
+// State is the stream's state; LoadedAt is when the list was last known
+// to match the master.
+func (r *Replica) Health() lookup.Health {
+	s := r.Status()
+	h := lookup.Health{
+		Healthy:   s.List != "",
+		State:     s.Stream,
+		Detail:    s.String(),
+		Entries:   s.Mailboxes,
+		LoadedAt:  s.AsOf,
+		Stale:     s.List != "" && s.Stale,
+		LastError: s.LastError,
+	}
+	if s.List == "" {
+		h.LoadedAt = time.Time{}
+	}
+	return h
 }

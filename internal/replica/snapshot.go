@@ -57,6 +57,17 @@ func snapErr(format string, a ...any) error {
 }
 
 // snapInfo is what the header of a snapshot says.
+// SnapshotInfo describes a snapshot that passed every check.
+type SnapshotInfo = snapInfo
+
+// CheckSnapshot reads and checks the snapshot at path as the replica
+// would at start (`lmtpgate check`); a missing file is an error wrapping
+// fs.ErrNotExist.
+func CheckSnapshot(path string) (SnapshotInfo, error) {
+	_, info, err := readSnapshot(path, MaxMaxLiteral)
+	return info, err
+}
+
 type snapInfo struct {
 	Mailboxes int
 	AsOf      time.Time

@@ -120,6 +120,7 @@ func start(ctx context.Context, path, version string, stderr io.Writer) (*Daemon
 		signal.Stop(d.sigs)
 		return fail(err)
 	}
+	activate(st)
 	d.holder = front.NewHolder(st.rt)
 	d.srv = front.New(front.Options{Hostname: cfg.Hostname, Config: cfg.LMTP, Log: log}, d.holder)
 	if d.metrics != nil {
@@ -308,6 +309,7 @@ func (d *Daemon) doReload(old *state) error {
 	if err != nil {
 		return err
 	}
+	activate(st)
 	d.holder.Swap(st.rt, func() { retire(old, st) })
 	d.level.Set(cfg.Log.Level)
 	if old.cfg.Mode != cfg.Mode {

@@ -50,6 +50,9 @@ func Resolve(ctx context.Context, rt *front.Runtime, addr string) control.Resolv
 		switch {
 		case a.Err == nil:
 			ans = fmt.Sprintf("%s on %s (%s)", a.Entry.Name, a.Entry.Server, a.Entry.State)
+			if ss := sourceStatus(st, a.Source); ss.Stale {
+				ans += ", from a list not kept current: " + ss.Detail
+			}
 		case errors.Is(a.Err, lookup.ErrNotFound):
 			ans = "no such mailbox"
 		default:
@@ -73,11 +76,27 @@ func backendLine(h backend.Health) string {
 // for addrs and tears it down: `lmtpgate resolve --local`, or when no daemon
 // runs.
 func ResolveLocal(ctx context.Context, cfg *config.Config, addrs []string, log *slog.Logger) ([]control.ResolveResult, error) {
-	st, err := build(ctx, cfg, nil, log, nil)
+	// The daemon owns the master replica's snapshot: this process reads
+	// it and leaves it alone.
+	c := *cfg
+	c.Lookup.Replica.SnapshotReadOnly = true
+	st, err := build(ctx, &c, nil, log, nil)
 	if err != nil {
 		return nil, err
 	}
 	defer retire(st, nil)
+	activate(st)
+	if r := st.replica(); r != nil {
+		// A list from the snapshot or the master's first dump, within
+		// the lookup's budget; without one the replica answers
+		// "unavailable" and the chain goes on.
+		wctx, cancel := context.WithTimeout(ctx, cfg.Lookup.Timeout)
+		select {
+		case <-r.Ready():
+		case <-wctx.Done():
+		}
+		cancel()
+	}
 	var out []control.ResolveResult
 	for _, a := range addrs {
 		out = append(out, Resolve(ctx, st.rt, a))

@@ -14,6 +14,7 @@ import (
 	"github.com/lmtpgate/lmtpgate/internal/mboxlist"
 	"github.com/lmtpgate/lmtpgate/internal/metrics"
 	"github.com/lmtpgate/lmtpgate/internal/mupdate"
+	"github.com/lmtpgate/lmtpgate/internal/replica"
 )
 
 // closer is a lookup source or backend pool that holds a file watch or
@@ -81,6 +82,11 @@ func build(ctx context.Context, cfg *config.Config, prev *state, log *slog.Logge
 			key = mupdateKey{cfg.Lookup.Local, cfg.Lookup.Cache}
 		case config.SourceMasterMupdate:
 			key = mupdateKey{cfg.Lookup.Master, cfg.Lookup.Cache}
+		case config.SourceMasterReplica:
+			// The mode is not part of the key: a mode switch keeps the
+			// replica and its list, and only starts or stops its stream
+			// (activate).
+			key = cfg.Lookup.Replica
 		}
 		obj, ok := reuse(name, key)
 		if !ok {
@@ -143,8 +149,33 @@ func newSource(ctx context.Context, cfg *config.Config, name string, log *slog.L
 		}
 		c := mupdate.New(name, m, log)
 		return &cachedMupdate{Cache: lookup.NewCache(c, cfg.Lookup.Cache), client: c}, nil
+	case config.SourceMasterReplica:
+		r, err := replica.New(cfg.Lookup.Replica, log)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		return r, nil
 	}
 	return nil, fmt.Errorf("unknown lookup source %q", name)
+}
+
+// activate applies st's mode to the parts that follow it: the master
+// replica streams in master mode and, in no-master mode, holds no
+// connection to the master and serves its last list (what Cyrus's
+// `mupdate -m` does, without a restart). It is called once st is built,
+// so a build that fails changes nothing.
+func activate(st *state) {
+	if r := st.replica(); r != nil {
+		r.SetActive(st.cfg.Mode != config.ModeNoMaster)
+	}
+}
+
+// replica is st's master replica, or nil.
+func (st *state) replica() *replica.Replica {
+	if p, ok := st.parts[config.SourceMasterReplica]; ok {
+		return p.obj.(*replica.Replica)
+	}
+	return nil
 }
 
 // cachedMupdate is a MUPDATE client behind its answer cache.

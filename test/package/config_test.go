@@ -157,7 +157,7 @@ func TestWithoutCyrus(t *testing.T) {
 	if err != nil {
 		t.Fatalf("shipped config with the HOSTS WITHOUT CYRUS edits: %v\n%s", err, merged)
 	}
-	if c.ImapdConf != "" || strings.Join(c.Order(), ",") != "master-mupdate" || c.Backends.Password != "secret" || c.Lookup.Master.Password != "secret" {
+	if c.ImapdConf != "" || strings.Join(c.Order(), ",") != "master-replica" || c.Backends.Password != "secret" || c.Lookup.Master.Password != "secret" {
 		t.Errorf("edited config: imapd_conf %q, order %v, passwords %q %q", c.ImapdConf, c.Order(), c.Backends.Password, c.Lookup.Master.Password)
 	}
 	if len(c.Warnings) != 0 {

@@ -63,6 +63,7 @@ var describedDefaults = map[string]string{
 	"lookup.master_mupdate.authzid":      `""`,
 	"lookup.master_mupdate.password":     `""`,
 	"lookup.local_mupdate.password_file": `""`,
+	"lookup.master_replica.snapshot":     "state_dir/master-replica.snapshot",
 }
 
 // TestDefaultsMatchTheManPage walks every key: the value in effect for an

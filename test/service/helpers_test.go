@@ -277,6 +277,7 @@ type relay struct {
 	ln       net.Listener
 	upstream string
 	accepted atomic.Int64
+	open     atomic.Int64 // connections accepted and not yet closed
 }
 
 func newRelay(t *testing.T, upstream string) *relay {
@@ -293,15 +294,19 @@ func newRelay(t *testing.T, upstream string) *relay {
 				return
 			}
 			r.accepted.Add(1)
+			r.open.Add(1)
 			go func() {
+				defer r.open.Add(-1)
 				up, err := net.DialTimeout("tcp", upstream, 5*time.Second)
 				if err != nil {
 					c.Close()
 					return
 				}
-				go func() { io.Copy(up, c); up.Close() }()
+				done := make(chan struct{})
+				go func() { io.Copy(up, c); up.Close(); close(done) }()
 				io.Copy(c, up)
 				c.Close()
+				<-done
 			}()
 		}
 	}()

@@ -111,7 +111,7 @@ main() {
 	# LMTPGATE_SYSTEMD_ONLY never skips.
 	t "Cyrus murder up: master, backend1, Debian's cyrus-imapd as frontend" check_murder setup
 	t "install: apt install ./lmtpgate_*_amd64.deb" check_install setup
-	t "install: socket enabled, listening 0660 root:mail; service waits; user cyrus" check_installed_units
+	t "install: socket enabled, listening 0660 root:lmtpgate; service waits; user cyrus, group lmtpgate" check_installed_units
 	t "install: systemd-analyze verify clean, security exposure <= 1.5" check_analyze
 	t "socket activation over the unix socket" check_activation_unix
 	t "frontend: Postfix sendmail -> lmtpgate (shipped config) -> Cyrus backend" check_frontend_postfix

@@ -16,20 +16,21 @@ check_install() {
 	ct cp -p "$CONF" "$SHIPPED"
 }
 
-# The socket is enabled and listening as documented (0660 root:mail in a
-# 0755 /run/lmtpgate), the service waits for the first connection, and the
-# user the service runs as exists.
+# The socket is enabled and listening as documented (0660 root:lmtpgate in
+# a 0755 /run/lmtpgate), the service waits for the first connection, and
+# the user the service runs as and the socket's group exist.
 check_installed_units() {
 	expect_eq "$(ct systemctl is-enabled lmtpgate.socket)" enabled "lmtpgate.socket enabled"
 	expect_eq "$(prop lmtpgate.socket ActiveState)/$(prop lmtpgate.socket SubState)" active/listening "lmtpgate.socket state"
 	expect_eq "$(prop lmtpgate.socket Listen)" "/run/lmtpgate/lmtp.sock (Stream)" "lmtpgate.socket Listen"
 	expect_eq "$(prop lmtpgate.socket Triggers)" lmtpgate.service "lmtpgate.socket triggers"
-	expect_eq "$(ct stat -c '%F %a %U:%G' /run/lmtpgate/lmtp.sock)" "socket 660 root:mail" "the LMTP socket"
+	expect_eq "$(ct stat -c '%F %a %U:%G' /run/lmtpgate/lmtp.sock)" "socket 660 root:lmtpgate" "the LMTP socket"
 	expect_eq "$(ct stat -c %a /run/lmtpgate)" 755 "mode of /run/lmtpgate"
 	expect_eq "$(prop lmtpgate.service ActiveState)" inactive "lmtpgate.service before the first connection"
 	local pw
 	pw=$(ct getent passwd cyrus) || fail "no user cyrus"
 	expect_eq "$(echo "$pw" | cut -d: -f4)" "$(ct getent group mail | cut -d: -f3)" "primary group of cyrus (want mail)"
+	ct getent group lmtpgate >/dev/null || fail "no group lmtpgate (the LMTP socket's group)"
 }
 
 # `systemd-analyze verify` finds nothing to complain about in the installed

@@ -38,7 +38,7 @@ check_after_reboot() {
 	expect_eq "$(prop lmtpgate.service ActiveState)" active "lmtpgate.service after the first connection"
 	murder wait
 	out=$(lmtp send "$UNIX_ADDR" sender@example.org alice@example.org)
-	expect_match "$out" '^S: 250 2\.0\.0 <alice@example.org> OK' "a delivery after the reboot"
+	expect_match "$out" '^S: 250 2\.1\.5 <alice@example.org> Delivered to user\.alice on ' "a delivery after the reboot"
 }
 
 # apt remove stops and disables everything and keeps /etc/lmtpgate.
