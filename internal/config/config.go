@@ -1033,10 +1033,10 @@ func (b *builder) secret(key string, pw, file *string, used bool) (string, bool)
 		secret := strings.TrimRight(string(data), "\r\n")
 		if secret == "" {
 			// An empty file is a placeholder (the package ships
-			// them so): it does not override imapd.conf.
-			if used {
-				b.warn("%s: %s is empty; it is ignored, and the password comes from imapd.conf if set there", fileKey, *file)
-			}
+			// them so, and names them in its configuration): it
+			// does not override imapd.conf. If nothing else gives
+			// a password, the caller's problem says where to put
+			// one.
 			return "", false
 		}
 		return secret, true

@@ -283,7 +283,7 @@ func TestBudgets(t *testing.T) {
 }
 
 // An empty password file (the package ships them so) does not override
-// the password in imapd.conf, and says so.
+// the password in imapd.conf.
 func TestEmptyPasswordFileDefersToImapdConf(t *testing.T) {
 	dir := t.TempDir()
 	imapd := writeFile(t, dir, "imapd.conf", "proxy_authname: proxy\nproxy_password: fromimapd\nmupdate_server: m\n")
@@ -299,7 +299,18 @@ func TestEmptyPasswordFileDefersToImapdConf(t *testing.T) {
 	if c.Backends.Password != "fromimapd" {
 		t.Errorf("password %q, want imapd.conf's %q", c.Backends.Password, "fromimapd")
 	}
-	if !slices.ContainsFunc(c.Warnings, func(w string) bool { return strings.Contains(w, "is empty") }) {
-		t.Errorf("warnings %q, want one saying the password file is empty", c.Warnings)
+	if len(c.Warnings) != 0 || len(c.Problems) != 0 {
+		t.Errorf("warnings %q, problems %v: want none", c.Warnings, c.Problems)
+	}
+	// Without a password in imapd.conf either, the problem names the key
+	// and the file to fill in.
+	imapd = writeFile(t, dir, "imapd.conf", "proxy_authname: proxy\nmupdate_server: m\n")
+	if c, err = Load(p); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(c.Problems, func(p Problem) bool {
+		return p.Key == "backends.password" && strings.Contains(p.Msg, "backends.password_file")
+	}) {
+		t.Errorf("problems %v, want backends.password naming backends.password_file", c.Problems)
 	}
 }

@@ -24,10 +24,19 @@ func shippedConfig(t *testing.T) (string, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The password files as a fresh install creates them: empty, 0600.
+	etc := t.TempDir()
+	for _, f := range []string{"proxy.pw", "mupdate.pw"} {
+		if err := os.WriteFile(filepath.Join(etc, f), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	s := string(data)
 	for old, repl := range map[string]string{
-		"imapd_conf: /etc/imapd.conf":  "imapd_conf: " + imapd,
-		"state_dir: /var/lib/lmtpgate": "state_dir: " + t.TempDir(),
+		"imapd_conf: /etc/imapd.conf":             "imapd_conf: " + imapd,
+		"state_dir: /var/lib/lmtpgate":            "state_dir: " + t.TempDir(),
+		"password_file: /etc/lmtpgate/proxy.pw":   "password_file: " + filepath.Join(etc, "proxy.pw"),
+		"password_file: /etc/lmtpgate/mupdate.pw": "password_file: " + filepath.Join(etc, "mupdate.pw"),
 	} {
 		if !strings.Contains(s, old) {
 			t.Fatalf("shipped config lacks %q", old)
