@@ -58,6 +58,16 @@ type mtaConn struct {
 	chunk      uint64 // octets of a BDAT chunk still to come
 	draining   bool   // reading an overlong line to its end
 	pendingErr error  // returned by the next Read
+	// dataNext is set when the octets passed to go-smtp so far end with
+	// a DATA command line: go-smtp's buffer then holds nothing of the
+	// message, and the message can be read past go-smtp (rawData).
+	dataNext bool
+	// inject is returned by Read before anything else from the client:
+	// octets held back after a DATA line, or, after rawData read the
+	// message, the end-of-data line (alone, while dotFirst) and whatever
+	// followed it.
+	inject   []byte
+	dotFirst bool
 }
 
 // setDataMode switches the line bound between commands and message data.
@@ -82,6 +92,23 @@ func (c *mtaConn) Read(p []byte) (int, error) {
 			c.mu.Unlock()
 			return 0, net.ErrClosed
 		}
+		if len(c.inject) > 0 {
+			src := c.inject
+			if c.dotFirst {
+				// The end-of-data line alone: go-smtp's reader ends
+				// there, and what follows is read after the
+				// transaction, in command mode.
+				src, c.dotFirst = src[:3], false
+			}
+			n := copy(p, src)
+			pass, used := c.scan(p[:n])
+			c.inject = c.inject[used:]
+			c.mu.Unlock()
+			if pass > 0 {
+				return pass, nil
+			}
+			continue
+		}
 		if err := c.pendingErr; err != nil {
 			c.pendingErr = nil
 			c.mu.Unlock()
@@ -99,7 +126,16 @@ func (c *mtaConn) Read(p []byte) (int, error) {
 		if err != nil && c.ended == nil {
 			c.ended = err
 		}
-		pass := c.scan(p[:n])
+		pass, used := c.scan(p[:n])
+		if used < n {
+			// Held back after a DATA line: served by the next Read, or
+			// read by rawData.
+			c.inject = append(c.inject, p[used:n]...)
+			if err != nil && c.pendingErr == nil {
+				c.pendingErr = err
+			}
+			err = nil
+		}
 		c.mu.Unlock()
 		switch {
 		case pass == n && (n > 0 || err != nil):
@@ -114,16 +150,26 @@ func (c *mtaConn) Read(p []byte) (int, error) {
 	}
 }
 
-// scan applies the line bound to freshly read octets and returns how many
-// of them, from the start, go on to go-smtp. c.mu is held.
-func (c *mtaConn) scan(p []byte) int {
+// scan applies the line bound to octets on their way to go-smtp. It
+// returns how many of them, from the start, go on to go-smtp (pass), and
+// how many it dealt with (used); p[used:] is to be passed later. c.mu is
+// held.
+//
+// Octets after a refused line are dropped (pass < used). A DATA command
+// line ends what is passed (used == pass, at its end): go-smtp then holds
+// nothing of the message when it starts reading it, which lets rawData
+// read the message past go-smtp's reader (dataNext).
+func (c *mtaConn) scan(p []byte) (pass, used int) {
 	limit := maxCommandLine
 	if c.dataMode {
 		limit = maxDataLine
 	}
-	pass := len(p)
+	pass = len(p)
 	if c.draining {
 		pass = 0
+	}
+	if len(p) > 0 {
+		c.dataNext = false
 	}
 	for i := 0; i < len(p); {
 		if c.draining {
@@ -172,10 +218,23 @@ func (c *mtaConn) scan(p []byte) int {
 		// body line that merely looks like one only loses the bound on a
 		// few octets).
 		c.chunk = bdatSize(c.head)
+		data := !c.dataMode && isDataCommand(c.head)
 		c.lineLen, c.head = 0, c.head[:0]
 		i += j + 1
+		if data {
+			c.dataNext = true
+			return i, i
+		}
 	}
-	return pass
+	return pass, len(p)
+}
+
+var dataCommand = []byte("DATA")
+
+// isDataCommand reports whether line (a command line's first octets, with
+// its line end) is DATA as go-smtp parses it.
+func isDataCommand(line []byte) bool {
+	return bytes.EqualFold(bytes.TrimRight(line, " \r\n"), dataCommand)
 }
 
 // bdatSize returns the size of the chunk that follows a command line, as

@@ -124,6 +124,9 @@ type Server struct {
 	sessions map[*session]struct{}
 
 	nsessions, nrefused, ntxn, nbytes, ndelivered, ndeferred, nrejected atomic.Uint64
+	// nraw counts the messages read past go-smtp's DATA reader (rawData),
+	// for the tests that prove the fast path is taken.
+	nraw atomic.Uint64
 	idPrefix                                                            string
 	idSeq                                                               atomic.Uint64
 }

@@ -291,7 +291,17 @@ func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 		}
 		sp.Close()
 	}()
-	size, err := s.receive(r, sp)
+	in := r
+	if s.mc != nil {
+		// Past go-smtp's octet-at-a-time reader when it is safe (DATA,
+		// nothing of the message in go-smtp's buffer); BDAT and the
+		// rare other case stay on go-smtp's.
+		if raw := s.mc.rawData(s.srv.opts.Config.MaxMessageSize, s.srv.opts.Config.ReadTimeout); raw != nil {
+			in = raw
+			s.srv.nraw.Add(1)
+		}
+	}
+	size, err := s.receive(in, sp)
 	s.srv.nbytes.Add(uint64(size))
 	if err != nil {
 		sp.Fail(err)
