@@ -126,9 +126,9 @@ type Server struct {
 	nsessions, nrefused, ntxn, nbytes, ndelivered, ndeferred, nrejected atomic.Uint64
 	// nraw counts the messages read past go-smtp's DATA reader (rawData),
 	// for the tests that prove the fast path is taken.
-	nraw atomic.Uint64
-	idPrefix                                                            string
-	idSeq                                                               atomic.Uint64
+	nraw     atomic.Uint64
+	idPrefix string
+	idSeq    atomic.Uint64
 }
 
 // New returns a server taking its rules from holder.
