@@ -172,6 +172,9 @@ func Parse(s Settings, rcpt string) (Recipient, error) {
 
 	r := Recipient{Detail: detail}
 	var name strings.Builder
+	// One allocation for each name, sized up front (the common case is
+	// a plain user).
+	name.Grow(len(domain) + 1 + len("user.") + len(local) + len(detail) + 8)
 	if domain != "" {
 		r.Domain = domain
 		name.WriteString(domain)
@@ -199,6 +202,7 @@ func Parse(s Settings, rcpt string) (Recipient, error) {
 	r.Mailbox = name.String()
 
 	var fwd strings.Builder
+	fwd.Grow(len(s.PostUser) + len(local) + 2 + len(detail) + max(len(domain), len(defdom)) + 8)
 	if r.Shared {
 		fwd.WriteString(s.PostUser)
 	} else {

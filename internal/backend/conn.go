@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/emersion/go-smtp"
 	"golang.org/x/sys/unix"
@@ -31,6 +32,14 @@ type conn struct {
 	tls      bool
 	auth     bool // the backend advertised AUTH, so MAIL carries AUTH=
 	lastUsed time.Time
+
+	// For clean, made once per connection so that the check between
+	// transactions allocates nothing.
+	rc     syscall.RawConn
+	peek   func(fd uintptr) bool
+	idle   bool
+	peekB  [1]byte
+	peeked bool // rc was looked up
 }
 
 // setupError is a failure while setting up a connection: its stage and
@@ -225,28 +234,35 @@ func (c *conn) clean() bool {
 	if c.r.Buffered() > 0 {
 		return false
 	}
-	nc := c.raw
-	if tc, ok := nc.(*tls.Conn); ok {
-		nc = tc.NetConn()
+	if !c.peeked {
+		c.peeked = true
+		nc := c.raw
+		if tc, ok := nc.(*tls.Conn); ok {
+			nc = tc.NetConn()
+		}
+		if sc, ok := nc.(syscall.Conn); ok {
+			if rc, err := sc.SyscallConn(); err == nil {
+				c.rc = rc
+				c.peek = func(fd uintptr) bool {
+					// recvfrom(2) with MSG_PEEK|MSG_DONTWAIT, called
+					// directly: x/sys/unix.Recvfrom allocates for the
+					// peer address nobody asked for.
+					n, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&c.peekB[0])), 1,
+						unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+					// EAGAIN: nothing there. n == 0: the peer closed.
+					// Anything else read, or an error, is not clean.
+					c.idle = e == unix.EAGAIN || (e == unix.EWOULDBLOCK && int(n) <= 0)
+					return true
+				}
+			}
+		}
 	}
-	sc, ok := nc.(syscall.Conn)
-	if !ok {
+	if c.rc == nil {
 		return false
 	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	idle := false
-	err = rc.Read(func(fd uintptr) bool {
-		var b [1]byte
-		n, _, e := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		// EAGAIN: nothing there. n == 0: the peer closed. Anything else
-		// read, or an error, is not clean.
-		idle = e == unix.EAGAIN || (e == unix.EWOULDBLOCK && n <= 0)
-		return true
-	})
-	return err == nil && idle
+	c.idle = false
+	err := c.rc.Read(c.peek)
+	return err == nil && c.idle
 }
 
 // noop checks a connection that sat idle.

@@ -94,27 +94,32 @@ func (w *wireReader) Read(p []byte) (int, error) {
 // dot-string (RFC 5321 §4.1.2) is quoted again, with '"' and '\' escaped:
 // "x> AUTH=admin"@y must not reach the backend as x> AUTH=admin@y, which
 // would be read as parameters to our own command.
-func FormatPath(addr string) string {
+func FormatPath(addr string) string { return string(AppendPath(nil, addr)) }
+
+// AppendPath appends FormatPath(addr) to b.
+func AppendPath(b []byte, addr string) []byte {
 	if addr == "" {
-		return "<>"
+		return append(b, "<>"...)
 	}
 	local, domain := addr, ""
 	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
 		local, domain = addr[:i], addr[i:]
 	}
-	if !isDotString(local) {
-		var b strings.Builder
-		b.WriteByte('"')
+	b = append(b, '<')
+	if isDotString(local) {
+		b = append(b, local...)
+	} else {
+		b = append(b, '"')
 		for i := 0; i < len(local); i++ {
 			if c := local[i]; c == '"' || c == '\\' {
-				b.WriteByte('\\')
+				b = append(b, '\\')
 			}
-			b.WriteByte(local[i])
+			b = append(b, local[i])
 		}
-		b.WriteByte('"')
-		local = b.String()
+		b = append(b, '"')
 	}
-	return "<" + local + domain + ">"
+	b = append(b, domain...)
+	return append(b, '>')
 }
 
 // isDotString reports whether s is an RFC 5321 Dot-string: atoms of atext

@@ -183,20 +183,16 @@ func (p *Pool) server(name string) *server {
 // transaction: when it ends, whatever is unfinished fails.
 func (p *Pool) Begin(ctx context.Context, server string, env Envelope) *Txn {
 	s := p.server(server)
-	tctx, cancel := context.WithCancel(ctx)
-	t := &Txn{p: p, srv: s, env: env, ctx: tctx, cancel: cancel,
+	// ctx is the transaction's own: its end (the daemon's stop running
+	// out of time) abandons the transaction. A context per transaction
+	// would cost allocations for nothing; the goroutine ends by itself.
+	t := &Txn{p: p, srv: s, env: env, ctx: ctx,
 		wake: make(chan struct{}, 1), done: make(chan struct{})}
+	t.rcpts, t.queued = t.rcptArr[:0], t.queuedArr[:0]
 	s.mu.Lock()
 	s.inflight++
 	s.mu.Unlock()
-	go func() {
-		defer func() {
-			s.mu.Lock()
-			s.inflight--
-			s.mu.Unlock()
-		}()
-		t.run()
-	}()
+	go t.run()
 	return t
 }
 

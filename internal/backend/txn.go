@@ -169,11 +169,10 @@ func (r *Rcpt) Wait(ctx context.Context) Result {
 // call Rcpt for each recipient, then Data once, or Abort. Its methods never
 // block on the network; the transaction's goroutine does the I/O.
 type Txn struct {
-	p      *Pool
-	srv    *server
-	env    Envelope
-	ctx    context.Context
-	cancel context.CancelFunc
+	p   *Pool
+	srv *server
+	env Envelope
+	ctx context.Context
 
 	mu      sync.Mutex
 	rcpts   []*Rcpt
@@ -184,6 +183,15 @@ type Txn struct {
 	failed  *Result // the whole transaction failed: new recipients resolve at once
 	wake    chan struct{}
 	done    chan struct{}
+
+	// Storage for the common case, so that a transaction of a few
+	// recipients allocates little: the first recipient, the slices'
+	// first elements, the failure and the protocol session.
+	first     Rcpt
+	rcptArr   [4]*Rcpt
+	queuedArr [4]*Rcpt
+	failure   Result
+	sess      session
 }
 
 // Rcpt adds a recipient and returns its handle; with verify the RCPT is
@@ -199,7 +207,13 @@ func (t *Txn) Rcpt(addr string, verify bool) *Rcpt {
 			return r
 		}
 	}
-	r := &Rcpt{Addr: addr, answered: make(chan struct{}), final: make(chan struct{}), verify: verify}
+	var r *Rcpt
+	if len(t.rcpts) == 0 {
+		r = &t.first
+	} else {
+		r = &Rcpt{}
+	}
+	*r = Rcpt{Addr: addr, answered: make(chan struct{}), final: make(chan struct{}), verify: verify}
 	t.rcpts = append(t.rcpts, r)
 	switch {
 	case t.failed != nil:
@@ -285,21 +299,24 @@ func (t *Txn) failAll(res Result) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.failed == nil {
-		t.failed = &res
+		t.failure = res
+		t.failed = &t.failure
 	}
 	for _, r := range t.rcpts {
 		x := res
 		x.Rcpt = r.Addr
 		r.resolve(x)
 	}
-	t.queued = nil
+	t.queued = t.queued[:0]
 }
 
 // work waits for something to do: recipients to send, DATA, or the end.
 func (t *Txn) work() (queued []*Rcpt, body io.Reader, data, aborted bool) {
 	for {
 		t.mu.Lock()
-		queued, t.queued = t.queued, nil
+		// The session reads queued[:len]; later recipients are
+		// appended after it in the same array.
+		queued, t.queued = t.queued, t.queued[len(t.queued):]
 		body, data, aborted = t.body, t.data, t.aborted
 		t.mu.Unlock()
 		if len(queued) > 0 || data || aborted {
@@ -316,7 +333,11 @@ func (t *Txn) work() (queued []*Rcpt, body io.Reader, data, aborted bool) {
 // run is the transaction's goroutine.
 func (t *Txn) run() {
 	defer close(t.done)
-	defer t.cancel()
+	defer func() {
+		t.srv.mu.Lock()
+		t.srv.inflight--
+		t.srv.mu.Unlock()
+	}()
 	if err := t.srv.acquire(t.ctx, t.p.cfg.QueueTimeout); err != nil {
 		t.srv.count(StageConnect, err)
 		t.failAll(Result{Stage: StageConnect, Err: err})
@@ -333,7 +354,9 @@ func (t *Txn) run() {
 		t.failAll(*fail)
 		return
 	}
-	s := &session{t: t, c: c, reused: reused}
+	s := &t.sess
+	*s = session{t: t, c: c, reused: reused}
+	s.pend, s.sent, s.accepted = s.pendArr[:0], s.sentArr[:0], s.accArr[:0]
 	s.stop = context.AfterFunc(t.ctx, func() { s.c.close() })
 	s.loop()
 }
@@ -360,6 +383,10 @@ type session struct {
 	accepted []*Rcpt
 	broken   bool // the connection must not be reused
 	answered bool // the backend answered something: it is alive
+
+	pendArr [8]pending
+	sentArr [4]*Rcpt
+	accArr  [4]*Rcpt
 }
 
 func (s *session) loop() {
@@ -424,17 +451,19 @@ func (s *session) writeMail() error {
 	if bad(s.t.env.From) || bad(s.t.env.AuthID) {
 		return fmt.Errorf("%w: reverse-path or AUTH identity contains a control character", ErrLocal)
 	}
-	line := "MAIL FROM:" + FormatPath(s.t.env.From)
+	b := append(s.c.w.AvailableBuffer(), "MAIL FROM:"...)
+	b = AppendPath(b, s.t.env.From)
 	if s.c.auth {
 		// AUTH=<> unless the MTA gave an identity, and only to a backend
 		// that advertised AUTH, as Cyrus does.
-		auth := "<>"
+		b = append(b, " AUTH="...)
 		if s.t.env.AuthID != "" {
-			auth = xtext(s.t.env.AuthID)
+			b = append(b, xtext(s.t.env.AuthID)...)
+		} else {
+			b = append(b, "<>"...)
 		}
-		line += " AUTH=" + auth
 	}
-	if err := s.writeLine(line); err != nil {
+	if _, err := s.c.w.Write(append(b, "\r\n"...)); err != nil {
 		return err
 	}
 	s.pend = append(s.pend, pending{kind: 'M'})
@@ -446,7 +475,8 @@ func (s *session) writeRcpt(r *Rcpt) error {
 		r.resolve(Result{Rcpt: r.Addr, Stage: StageRcpt, Err: fmt.Errorf("%w: %q", ErrLocal, r.Addr)})
 		return nil
 	}
-	if err := s.writeLine("RCPT TO:" + FormatPath(r.Addr)); err != nil {
+	b := append(s.c.w.AvailableBuffer(), "RCPT TO:"...)
+	if _, err := s.c.w.Write(append(AppendPath(b, r.Addr), "\r\n"...)); err != nil {
 		return err
 	}
 	s.pend = append(s.pend, pending{kind: 'R', r: r})
@@ -726,7 +756,7 @@ func (s *session) finish() {
 		return
 	}
 	stopped := s.stop()
-	s.t.failAll(Result{Stage: StageData, Err: errors.New("transaction ended without a reply")})
+	s.t.failAll(Result{Stage: StageData, Err: errNoReply})
 	if !stopped || s.broken || len(s.pend) > 0 || !s.dataOK || !s.c.clean() {
 		s.t.p.broken.Add(1)
 		if stopped && !s.broken && s.t.ctx.Err() == nil {
@@ -738,6 +768,9 @@ func (s *session) finish() {
 	}
 	s.t.p.put(s.t.srv, s.c)
 }
+
+// errNoReply resolves, when a session ends, recipients nothing else did.
+var errNoReply = errors.New("transaction ended without a reply")
 
 // validReply reports whether code is a final negative reply a backend may
 // legitimately give (4xx/5xx).

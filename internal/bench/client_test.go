@@ -159,7 +159,7 @@ func TestParseReplyLine(t *testing.T) {
 	}
 	for _, tt := range tests {
 		code, more, text, err := parseReplyLine([]byte(tt.in))
-		if (err == nil) != tt.ok || code != tt.code || more != tt.more || text != tt.text {
+		if (err == nil) != tt.ok || code != tt.code || more != tt.more || string(text) != tt.text {
 			t.Errorf("parseReplyLine(%q) = %d %v %q %v", tt.in, code, more, text, err)
 		}
 	}

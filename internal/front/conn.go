@@ -68,6 +68,14 @@ type mtaConn struct {
 	// followed it.
 	inject   []byte
 	dotFirst bool
+	rd       rawData // the reader of the message in progress, if rawData
+	// owed is how many replies go-smtp still owes for the commands of
+	// the last pass, all of which answer with exactly one reply (MAIL,
+	// RCPT, RSET, NOOP, DATA); while it is above zero, replies are kept
+	// in held and sent together with the last one: a pipelined MAIL,
+	// RCPT, DATA is answered in one write, not one per reply.
+	owed int
+	held []byte
 }
 
 // setDataMode switches the line bound between commands and message data.
@@ -91,6 +99,13 @@ func (c *mtaConn) Read(p []byte) (int, error) {
 		if c.closing {
 			c.mu.Unlock()
 			return 0, net.ErrClosed
+		}
+		// go-smtp reads again only after answering everything it was
+		// given; if replies are still held, the count was wrong: send
+		// them now rather than keep the client waiting.
+		if err := c.sendHeld(); err != nil {
+			c.mu.Unlock()
+			return 0, err
 		}
 		if len(c.inject) > 0 {
 			src := c.inject
@@ -171,6 +186,16 @@ func (c *mtaConn) scan(p []byte) (pass, used int) {
 	if len(p) > 0 {
 		c.dataNext = false
 	}
+	owed, simple := 0, !c.dataMode
+	defer func() {
+		// Replies are held only for a pass that ends at the end of a
+		// line and holds nothing but single-reply commands.
+		if simple && used > 0 && used == pass && p[used-1] == '\n' && c.chunk == 0 && !c.draining {
+			c.owed = owed
+		} else {
+			c.owed = 0
+		}
+	}()
 	for i := 0; i < len(p); {
 		if c.draining {
 			j := bytes.IndexByte(p[i:], '\n')
@@ -219,6 +244,11 @@ func (c *mtaConn) scan(p []byte) (pass, used int) {
 		// few octets).
 		c.chunk = bdatSize(c.head)
 		data := !c.dataMode && isDataCommand(c.head)
+		if singleReply(c.head) {
+			owed++
+		} else {
+			simple = false
+		}
 		c.lineLen, c.head = 0, c.head[:0]
 		i += j + 1
 		if data {
@@ -227,6 +257,73 @@ func (c *mtaConn) scan(p []byte) (pass, used int) {
 		}
 	}
 	return pass, len(p)
+}
+
+// singleReply reports whether the command line is one go-smtp answers
+// with exactly one reply line and nothing else.
+func singleReply(line []byte) bool {
+	if len(line) < 4 {
+		return false
+	}
+	var verb [4]byte
+	for i := range verb {
+		verb[i] = line[i] &^ 0x20 // ASCII upper case; non-letters never match
+	}
+	switch string(verb[:]) {
+	case "MAIL", "RCPT", "RSET", "NOOP", "DATA":
+		return len(line) == 4 || line[4] == ' ' || line[4] == '\r' || line[4] == '\n'
+	}
+	return false
+}
+
+// Write sends go-smtp's replies, holding them while more replies to the
+// same pass of pipelined commands are owed (owed).
+func (c *mtaConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.owed > 0 {
+		c.held = append(c.held, b...)
+		c.owed -= finalLines(b)
+		if c.owed > 0 {
+			return len(b), nil
+		}
+		c.owed = 0
+		if err := c.sendHeld(); err != nil {
+			return 0, err
+		}
+		return len(b), nil
+	}
+	if err := c.sendHeld(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(b)
+}
+
+// sendHeld writes the held replies. c.mu is held.
+func (c *mtaConn) sendHeld() error {
+	if len(c.held) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.held)
+	c.held = c.held[:0]
+	return err
+}
+
+// finalLines counts the reply lines in b that end a reply ("250 ...", not
+// "250-...").
+func finalLines(b []byte) int {
+	n := 0
+	for len(b) >= 4 {
+		if b[3] == ' ' || b[3] == '\r' {
+			n++
+		}
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			break
+		}
+		b = b[i+1:]
+	}
+	return n
 }
 
 var dataCommand = []byte("DATA")
@@ -301,6 +398,9 @@ const shutdownLine = "421 4.3.2 Service shutting down, try again later\r\n"
 
 func (c *mtaConn) Close() error {
 	c.srv.untrack(c)
+	c.mu.Lock()
+	c.sendHeld()
+	c.mu.Unlock()
 	err := c.Conn.Close()
 	if errors.Is(err, net.ErrClosed) {
 		return nil

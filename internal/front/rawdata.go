@@ -50,7 +50,9 @@ func (c *mtaConn) rawData(limit int64, timeout time.Duration) *rawData {
 		return nil
 	}
 	c.dataNext = false
-	r := &rawData{c: c, buf: rawBufPool.Get().(*[]byte), limit: limit, timeout: timeout}
+	// One per connection, as messages on it come one after another.
+	r := &c.rd
+	*r = rawData{c: c, buf: rawBufPool.Get().(*[]byte), limit: limit, timeout: timeout}
 	// What the MTA sent after the DATA line was held back from go-smtp:
 	// it is the message's beginning.
 	r.raw = (*r.buf)[:copy(*r.buf, c.inject)]
@@ -157,6 +159,10 @@ func (c *mtaConn) readRaw(p []byte, timeout time.Duration) (int, error) {
 	if c.closing {
 		c.mu.Unlock()
 		return 0, net.ErrClosed
+	}
+	if err := c.sendHeld(); err != nil {
+		c.mu.Unlock()
+		return 0, err
 	}
 	if err := c.pendingErr; err != nil {
 		// The read that filled the held-back octets ended so.

@@ -46,7 +46,8 @@ type Runtime struct {
 	once      sync.Once
 }
 
-func (rt *Runtime) release() {
+// Release ends a hold that Acquire gave.
+func (rt *Runtime) Release() {
 	if rt.refs.Add(-1) == 0 && rt.retired.Load() {
 		rt.finish()
 	}
@@ -77,17 +78,17 @@ func NewHolder(rt *Runtime) *Holder {
 // callers that only read its plain fields.
 func (h *Holder) Current() *Runtime { return h.cur.Load() }
 
-// Acquire returns the current Runtime, held until release is called.
-func (h *Holder) Acquire() (rt *Runtime, release func()) {
+// Acquire returns the current Runtime, held until its Release is called.
+func (h *Holder) Acquire() *Runtime {
 	for {
 		rt := h.cur.Load()
 		rt.refs.Add(1)
 		// A swap between the load and the increment would let the old
 		// Runtime retire while we think we hold it: check and retry.
 		if h.cur.Load() == rt {
-			return rt, rt.release
+			return rt
 		}
-		rt.release()
+		rt.Release()
 	}
 }
 

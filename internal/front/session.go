@@ -31,13 +31,12 @@ type session struct {
 	helo   string
 	remote string
 
-	rt      *Runtime
-	release func()
-	inTxn   bool
-	from    string
-	authID  string // MAIL FROM AUTH= identity, "" if none, <> or untrusted
-	rcpts   []*recipient
-	txns    map[string]*backend.Txn // by server string
+	rt     *Runtime // held (Acquire) from MAIL to the transaction's end
+	inTxn  bool
+	from   string
+	authID string // MAIL FROM AUTH= identity, "" if none, <> or untrusted
+	rcpts  []*recipient
+	txns   map[string]*backend.Txn // by server string
 }
 
 // recipient is one accepted RCPT.
@@ -71,9 +70,8 @@ func (s *session) endTxn() {
 		t.Abort()
 	}
 	clear(s.txns)
-	if s.release != nil {
-		s.release()
-		s.release = nil
+	if s.rt != nil {
+		s.rt.Release()
 	}
 	s.rt = nil
 	clear(s.rcpts)
@@ -111,7 +109,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if s.mc != nil {
 		s.mc.inTxn.Store(true)
 	}
-	s.rt, s.release = s.srv.holder.Acquire()
+	s.rt = s.srv.holder.Acquire()
 	s.from, s.authID = from, authID
 	return nil
 }
@@ -390,7 +388,7 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }
 // Return-Path (RFC 5321 §4.4) and a Received line naming this hop.
 func (s *session) traceHeaders(b []byte) []byte {
 	b = append(b, "Return-Path: "...)
-	b = append(b, backend.FormatPath(s.from)...)
+	b = backend.AppendPath(b, s.from)
 	b = append(b, "\r\nReceived: from "...)
 	b = appendSanitized(b, s.helo)
 	b = append(b, " ("...)

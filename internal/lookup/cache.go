@@ -80,6 +80,18 @@ func (c *Cache) Stats() (hits, misses uint64, size int) {
 	return c.hits, c.misses, len(c.entries)
 }
 
+// Peek answers a cached positive answer (Peeker); everything else goes
+// through Lookup, which counts it.
+func (c *Cache) Peek(mailbox string) (Entry, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.entries[mailbox]; ok && !e.missing && c.now().Before(e.expires) {
+		c.hits++
+		return e.entry, true
+	}
+	return Entry{}, false
+}
+
 // Lookup answers from the cache or asks the source.
 func (c *Cache) Lookup(ctx context.Context, mailbox string) (Entry, error) {
 	c.mu.Lock()

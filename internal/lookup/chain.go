@@ -72,6 +72,22 @@ func NewChain(timeout time.Duration, sources ...Source) *Chain {
 	return &Chain{sources: sources, timeout: timeout}
 }
 
+// ask puts the question to s within the chain's timeout.
+func (c *Chain) ask(ctx context.Context, s Source, mailbox string) (Entry, error) {
+	qctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	return s.Lookup(qctx, mailbox)
+}
+
+// Peeker is a Source that can answer from memory, without waiting, when it
+// holds the mailbox (mailboxes.db's index, the master replica's list): the
+// chain then asks Peek first and needs no timer for the question. ok false
+// means Lookup must be asked (a miss may wait for a replica, a list may not
+// be loaded).
+type Peeker interface {
+	Peek(mailbox string) (e Entry, ok bool)
+}
+
 // Resolve finds the mailbox. A source that fails passes the question on;
 // so does a miss, because a mailbox just created may not yet have reached
 // the local replica (Cyrus's own lmtpd pokes its replica and looks again
@@ -80,10 +96,17 @@ func (c *Chain) Resolve(ctx context.Context, mailbox string, trace bool) Result 
 	var res Result
 	answered := false
 	for _, s := range c.sources {
-		qctx, cancel := context.WithTimeout(ctx, c.timeout)
 		start := time.Now()
-		e, err := s.Lookup(qctx, mailbox)
-		cancel()
+		var e Entry
+		var err error
+		if p, ok := s.(Peeker); ok {
+			var hit bool
+			if e, hit = p.Peek(mailbox); !hit {
+				e, err = c.ask(ctx, s, mailbox)
+			}
+		} else {
+			e, err = c.ask(ctx, s, mailbox)
+		}
 		if trace {
 			res.Trace = append(res.Trace, Answer{Source: s.Name(), Entry: e, Err: err, Dur: time.Since(start)})
 		}

@@ -190,3 +190,36 @@ func TestRights(t *testing.T) {
 		}
 	}
 }
+
+// peekSource answers hits from Peek; only misses reach its Lookup.
+type peekSource struct {
+	fakeSource
+	peeks atomic.Int64
+}
+
+func (p *peekSource) Peek(mailbox string) (Entry, bool) {
+	p.peeks.Add(1)
+	e, ok := p.entries[mailbox]
+	return e, ok
+}
+
+// A source that can answer from memory is peeked first: a hit never
+// reaches Lookup (no timer per question), a miss does, within the
+// chain's timeout, and the trace and verdict are the same either way.
+func TestChainPeeks(t *testing.T) {
+	p := &peekSource{fakeSource: fakeSource{name: "mem", entries: map[string]Entry{"user.a": {Name: "user.a", Server: "be1"}}}}
+	c := NewChain(time.Second, p)
+	r := c.Resolve(context.Background(), "user.a", true)
+	if r.Status != Found || r.Entry.Server != "be1" || r.Source != "mem" || len(r.Trace) != 1 {
+		t.Fatalf("hit: %+v", r)
+	}
+	if p.calls.Load() != 0 || p.peeks.Load() != 1 {
+		t.Errorf("hit: %d Lookup calls, %d peeks; want 0 and 1", p.calls.Load(), p.peeks.Load())
+	}
+	if r := c.Resolve(context.Background(), "user.nosuch", false); r.Status != NotFound {
+		t.Fatalf("miss: %+v", r)
+	}
+	if p.calls.Load() != 1 {
+		t.Errorf("miss: %d Lookup calls, want 1", p.calls.Load())
+	}
+}

@@ -210,6 +210,17 @@ func (d *DB) Lookup(ctx context.Context, mailbox string) (lookup.Entry, error) {
 	return d.idx.Load().Lookup(mailbox)
 }
 
+// Peek answers from the loaded index when it holds mailbox
+// (lookup.Peeker); a miss, which may poke the replica, is Lookup's.
+func (d *DB) Peek(mailbox string) (lookup.Entry, bool) {
+	x := d.idx.Load()
+	if x == nil {
+		return lookup.Entry{}, false
+	}
+	e, err := x.Lookup(mailbox)
+	return e, err == nil
+}
+
 // Index returns the current index, or nil before the first good load.
 func (d *DB) Index() *Index { return d.idx.Load() }
 

@@ -362,6 +362,19 @@ func (r *Replica) Lookup(ctx context.Context, mailbox string) (lookup.Entry, err
 	return lookup.Entry{}, lookup.ErrNotFound
 }
 
+// Peek answers from the list when it holds mailbox (lookup.Peeker); a
+// miss, which may wait for the master, is Lookup's.
+func (r *Replica) Peek(mailbox string) (lookup.Entry, bool) {
+	if r.closed.Load() {
+		return lookup.Entry{}, false
+	}
+	v := r.view.Load()
+	if v == nil {
+		return lookup.Entry{}, false
+	}
+	return v.lookup(mailbox)
+}
+
 // staleMissIsError reports whether a miss without a streaming session is
 // an error rather than lookup.ErrNotFound: with StaleMissUnavailable set,
 // while the stream is meant to run (master mode).

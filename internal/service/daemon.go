@@ -409,8 +409,8 @@ func (d *Daemon) handleControl(req control.Request) control.Response {
 	case "resolve":
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		rt, release := d.holder.Acquire()
-		defer release()
+		rt := d.holder.Acquire()
+		defer rt.Release()
 		var out []control.ResolveResult
 		for _, a := range req.Args {
 			out = append(out, Resolve(ctx, rt, a))

@@ -44,13 +44,30 @@ type Spool struct {
 	// a reader waits for it (waiters > 0).
 	more    chan struct{}
 	waiters int
+
+	// first is the first Reader's storage: most messages go to one
+	// backend, and need no allocation for it.
+	first     Reader
+	firstUsed bool
+	memp      *[]byte // mem's holder from memPool
 }
+
+// memPool recycles the in-memory buffers of small messages: most mail is
+// a few KiB, and a busy frontend would otherwise allocate one per message.
+var memPool = sync.Pool{New: func() any { b := make([]byte, 0, memStart); return &b }}
+
+// memStart is the in-memory buffer's first size; buffers that grew past
+// memKeep are left to the garbage collector rather than kept in memPool.
+const (
+	memStart = 4 << 10
+	memKeep  = 64 << 10
+)
 
 // New returns an empty spool that keeps up to memLimit bytes in memory and
 // spools larger messages to a temporary file in dir ("" means
 // os.TempDir()). A memLimit of 0 sends every message to a file.
 func New(memLimit int64, dir string) *Spool {
-	return &Spool{memLimit: memLimit, dir: dir, more: make(chan struct{})}
+	return &Spool{memLimit: memLimit, dir: dir}
 }
 
 // Write appends p. It fails only if the temporary file cannot be written.
@@ -67,7 +84,8 @@ func (s *Spool) Write(p []byte) (int, error) {
 		if s.mem == nil {
 			// Most mail is a few KiB: start small and let append
 			// grow the buffer for larger messages.
-			s.mem = make([]byte, 0, min(s.memLimit, 4<<10))
+			s.memp = memPool.Get().(*[]byte)
+			s.mem = (*s.memp)[:0]
 		}
 		s.mem = append(s.mem, p...)
 		s.size += int64(len(p))
@@ -105,7 +123,8 @@ func (s *Spool) toFile() error {
 		f.Close()
 		return err
 	}
-	s.file, s.mem = f, nil
+	s.file = f
+	s.putMem()
 	return nil
 }
 
@@ -136,7 +155,7 @@ func (s *Spool) wake() {
 		return
 	}
 	close(s.more)
-	s.more = make(chan struct{})
+	s.more = nil
 	s.waiters = 0
 }
 
@@ -166,7 +185,7 @@ func (s *Spool) Close() error {
 		s.done, s.err = true, ErrClosed
 	}
 	s.closed = true
-	s.mem = nil
+	s.putMem()
 	s.wake()
 	if s.file != nil {
 		err := s.file.Close()
@@ -180,7 +199,25 @@ func (s *Spool) Close() error {
 // blocks until more has arrived, the message ended, or ctx is done (its
 // error is then returned).
 func (s *Spool) Reader(ctx context.Context) *Reader {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.firstUsed {
+		s.firstUsed = true
+		s.first = Reader{s: s, ctx: ctx}
+		return &s.first
+	}
 	return &Reader{s: s, ctx: ctx}
+}
+
+// putMem gives the in-memory buffer back to memPool. s.mu is held, and
+// no reader can reach the buffer any more (the spool is closed or the
+// message went to a file).
+func (s *Spool) putMem() {
+	if s.memp != nil && cap(s.mem) <= memKeep {
+		*s.memp = s.mem[:0]
+		memPool.Put(s.memp)
+	}
+	s.mem, s.memp = nil, nil
 }
 
 // Reader reads a Spool from the start; see Spool.Reader.
@@ -237,6 +274,9 @@ func (r *Reader) Read(p []byte) (int, error) {
 				return 0, io.EOF
 			}
 			return 0, err
+		}
+		if s.more == nil {
+			s.more = make(chan struct{})
 		}
 		more := s.more
 		s.waiters++
