@@ -123,28 +123,54 @@ func start(ctx context.Context, path, version string, stderr io.Writer) (*Daemon
 	activate(st)
 	d.holder = front.NewHolder(st.rt)
 	d.srv = front.New(front.Options{Hostname: cfg.Hostname, Config: cfg.LMTP, Log: log}, d.holder)
+	if err := d.startSideChannels(ctx, cfg); err != nil {
+		closeAll(ls)
+		signal.Stop(d.sigs)
+		retire(st, nil)
+		return fail(err)
+	}
+	names := d.serve(cfg, ls)
+	log.Info("lmtpgate started", "version", version, "mode", string(cfg.Mode), "order", fmt.Sprint(cfg.Order()), "listen", fmt.Sprint(names), "socket_activated", ls[0].activated)
+
+	// READY once the routing state is usable: a source that can answer,
+	// or, if none can yet, after a bounded wait (the daemon then answers
+	// 451 and says so in STATUS rather than keeping systemd waiting).
+	d.waitUsable(ctx, 5*time.Second)
+	d.notify.Ready(statusLine(d.Status()))
+	if cfg.WatchConfig {
+		d.cfgEvents = d.watchConfig(ctx, cfg)
+	}
+	return d, nil
+}
+
+// startSideChannels starts what serves operators rather than mail: the
+// metrics endpoint (whose failure to listen is fatal, as a listener's
+// is) and the control socket (whose failure is not: mail still flows).
+func (d *Daemon) startSideChannels(ctx context.Context, cfg *config.Config) error {
 	if d.metrics != nil {
 		d.srv.SetHooks(front.Hooks{Recipient: d.metrics.Recipient})
 		mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		d.cancel = cancel
-		addr, err := d.metrics.Serve(mctx, cfg.Metrics.Listen, log)
+		addr, err := d.metrics.Serve(mctx, cfg.Metrics.Listen, d.log)
 		if err != nil {
-			closeAll(ls)
-			signal.Stop(d.sigs)
-			retire(st, nil)
-			return fail(err)
+			return err
 		}
-		log.Info("metrics endpoint listening", "addr", addr.String())
+		d.log.Info("metrics endpoint listening", "addr", addr.String())
 	}
-
 	if cfg.ControlSocket != "" {
+		var err error
 		if d.ctl, err = control.Listen(cfg.ControlSocket); err != nil {
-			log.Warn("control socket unavailable: lmtpgate reload/status/resolve will not reach this daemon", "path", cfg.ControlSocket, "err", err.Error())
+			d.log.Warn("control socket unavailable: lmtpgate reload/status/resolve will not reach this daemon", "path", cfg.ControlSocket, "err", err.Error())
 		} else {
-			go control.Serve(d.ctl, log, d.handleControl)
+			go control.Serve(d.ctl, d.log, d.handleControl)
 		}
 	}
+	return nil
+}
 
+// serve runs the LMTP server on every listener and returns their names.
+// A listener that fails outside a stop is reported on d.lost.
+func (d *Daemon) serve(cfg *config.Config, ls []namedListener) []string {
 	d.lost = make(chan error, len(ls))
 	var names []string
 	for _, l := range ls {
@@ -159,17 +185,7 @@ func start(ctx context.Context, path, version string, stderr io.Writer) (*Daemon
 			}
 		}()
 	}
-	log.Info("lmtpgate started", "version", version, "mode", string(cfg.Mode), "order", fmt.Sprint(cfg.Order()), "listen", fmt.Sprint(names), "socket_activated", ls[0].activated)
-
-	// READY once the routing state is usable: a source that can answer,
-	// or, if none can yet, after a bounded wait (the daemon then answers
-	// 451 and says so in STATUS rather than keeping systemd waiting).
-	d.waitUsable(ctx, 5*time.Second)
-	d.notify.Ready(statusLine(d.Status()))
-	if cfg.WatchConfig {
-		d.cfgEvents = d.watchConfig(ctx, cfg)
-	}
-	return d, nil
+	return names
 }
 
 // logConfigNotes logs what the configuration says is wrong or risky.
