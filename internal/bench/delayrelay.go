@@ -86,9 +86,6 @@ func NewDelayRelay(ctx context.Context, listen, target string, delay time.Durati
 // Addr is the relay's listening address.
 func (r *DelayRelay) Addr() string { return r.l.Addr().String() }
 
-// Target is where the relay forwards to.
-func (r *DelayRelay) Target() string { return r.target }
-
 // Delay is the current one-way delay.
 func (r *DelayRelay) Delay() time.Duration { return time.Duration(r.delay.Load()) }
 

@@ -119,16 +119,6 @@ func RenderReport(w io.Writer, runs []Labeled, m *Machine) error {
 	return err
 }
 
-// RenderRuns writes the results table, the ratios and the load of runs,
-// with headings of the given level ("###"), but not the machine: for a
-// document holding several loads measured on one machine.
-func RenderRuns(w io.Writer, runs []Labeled, heading string) error {
-	var b strings.Builder
-	renderRuns(&b, runs, heading)
-	_, err := io.WriteString(w, b.String())
-	return err
-}
-
 // RenderMachine writes the machine section with a heading of the given
 // level.
 func RenderMachine(w io.Writer, m *Machine, heading string) error {

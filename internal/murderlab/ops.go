@@ -29,11 +29,6 @@ func (l *Lab) ReplicaMupdateAddr() string {
 	return net.JoinHostPort(l.ip(1), strconv.Itoa(portReplicaMupdate))
 }
 
-// FrontendIMAPAddr is the frontend's IMAP proxy, "127.A.B.1:10143".
-func (l *Lab) FrontendIMAPAddr() string {
-	return net.JoinHostPort(l.ip(1), strconv.Itoa(portFrontendIMAP))
-}
-
 // Backends is the number of backends.
 func (l *Lab) Backends() int { return len(l.backends) }
 

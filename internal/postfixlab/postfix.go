@@ -324,17 +324,6 @@ func greets(addr string) bool {
 	return err == nil && strings.HasPrefix(line, "220")
 }
 
-// Dir is the instance's directory; ConfigDir is what postfix -c,
-// postqueue -c and sendmail -C take.
-func (p *Postfix) Dir() string       { return p.dir }
-func (p *Postfix) ConfigDir() string { return p.conf }
-
-// SMTPAddr is the instance's smtpd, "127.0.0.1:PORT".
-func (p *Postfix) SMTPAddr() string { return p.smtpAddr }
-
-// LogPath is the instance's maillog_file.
-func (p *Postfix) LogPath() string { return p.logFile }
-
 // MasterPID is the PID of Postfix's master, from its pid file.
 func (p *Postfix) MasterPID() (int, error) {
 	b, err := os.ReadFile(filepath.Join(p.queue, "pid", "master.pid"))

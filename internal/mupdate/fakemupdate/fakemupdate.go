@@ -275,13 +275,6 @@ func (s *Server) SetDumpStall(n int) {
 	s.dumpStall = n
 }
 
-// SetCredentials sets the only user and password AUTHENTICATE accepts.
-func (s *Server) SetCredentials(user, password string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.user, s.pass = user, password
-}
-
 // SetGarbage makes FIND answers unparsable junk.
 func (s *Server) SetGarbage(on bool) {
 	s.mu.Lock()

@@ -218,37 +218,6 @@ func (c *Client) GetACL(ctx context.Context, mailbox string) (map[string]string,
 	return acl, nil
 }
 
-// MailboxInfo is one LIST reply.
-type MailboxInfo struct {
-	Attributes []string
-	Delimiter  string
-	Name       string
-}
-
-// List runs LIST reference pattern.
-func (c *Client) List(ctx context.Context, reference, pattern string) ([]MailboxInfo, error) {
-	rs, err := c.Do(ctx, "LIST", Quote(reference), Quote(pattern))
-	if err != nil {
-		return nil, err
-	}
-	var out []MailboxInfo
-	for _, r := range rs {
-		if len(r.Fields) != 4 || !isAtom(r.Fields[0], "LIST") {
-			continue
-		}
-		var mi MailboxInfo
-		if l, ok := r.Fields[1].(List); ok {
-			for _, a := range l {
-				mi.Attributes = append(mi.Attributes, AsString(a))
-			}
-		}
-		mi.Delimiter = AsString(r.Fields[2])
-		mi.Name = AsString(r.Fields[3])
-		out = append(out, mi)
-	}
-	return out, nil
-}
-
 // Select opens mailbox read-only (EXAMINE, so that reading for verification
 // changes no \Seen flag) and returns its EXISTS count.
 func (c *Client) Select(ctx context.Context, mailbox string) (uint32, error) {
