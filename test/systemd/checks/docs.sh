@@ -303,6 +303,33 @@ check_docs_drill() {
 	murder wait
 }
 
+# The rollback of step 5 as the page gives it (an indented block, so
+# mirrored here line by line, and each line must still be on the page):
+# Cyrus's lmtpd answers again and Postfix delivers through it.
+DOCS_ROLLBACK=(
+	"cp /etc/cyrus.conf.before-lmtpgate /etc/cyrus.conf"
+	"systemctl kill --kill-who=main --signal=HUP cyrus-imapd.service"
+	"postconf -e mailbox_transport=lmtp:unix:/run/cyrus/socket/lmtp"
+	"postfix reload"
+)
+
+check_docs_rollback() {
+	ct test -e "$WORK/docs-migrated" || fail "the migration did not complete (check_docs_migration)"
+	local line c
+	for line in "${DOCS_ROLLBACK[@]}"; do
+		ct grep -qxF -- "    $line" "$OPS" || fail "$OPS no longer gives the rollback command: $line"
+	done
+	for line in "${DOCS_ROLLBACK[@]}"; do
+		echo "# $line"
+		ct_sh "$line"
+	done
+	wait_for 30 "Cyrus's lmtpd to answer on /run/cyrus/socket/lmtp again" greets UNIX-CONNECT:/run/cyrus/socket/lmtp
+	c=$(mark)
+	printf 'Subject: after the rollback\n\nThrough Cyrus lmtpd again.\n' | ct /usr/sbin/sendmail alice@example.org
+	wait_alice "after the rollback"
+	postfix_sent "$c" /run/cyrus/socket/lmtp
+}
+
 # REPLICA_STATUS is the line the section "A frontend without Cyrus" shows
 # in `lmtpgate status`; the check holds the page to it.
 REPLICA_STATUS='source:   master-replica  ok    streaming, … mailboxes, current'
