@@ -8,7 +8,16 @@
 # (lib/docblocks.awk), run each with bash -e inside the container, match
 # its output (lib/docmatch.awk) and, between the steps, look at what the
 # step should have done beyond its output: where the mail went, what
-# Postfix logged, which Cyrus services still answer.
+# Postfix logged, which Cyrus services still answer. The rollback of the
+# migration and the section for a frontend without Cyrus are examples to
+# adapt (indented blocks); their checks mirror them and hold the page to
+# the lines they mirror.
+#
+# The checks run in order on one container: check_docs_frontend sets up
+# the frontend as it is before the migration, check_docs_migration and
+# check_docs_drill follow the page from there (each refuses to start
+# unless the one before it completed), check_docs_drill puts the shipped
+# configuration back.
 
 OPS=/usr/share/doc/lmtpgate/operations.md
 DOCS=$WORK/docs        # the extracted blocks and their outputs, in the container
