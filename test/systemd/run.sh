@@ -114,7 +114,11 @@ main() {
 	t "install: socket enabled, listening 0660 root:lmtpgate; service waits; user cyrus, group lmtpgate" check_installed_units
 	t "install: systemd-analyze verify clean, security exposure <= 1.5" check_analyze
 	t "socket activation over the unix socket" check_activation_unix
-	t "frontend: Postfix sendmail -> lmtpgate (shipped config) -> Cyrus backend" check_frontend_postfix
+	t "docs: a Debian frontend before the migration: Postfix -> Cyrus's lmtpd -> backend" check_docs_frontend
+	t "docs: operations.md's migration, steps 1-6, typed as written" check_docs_migration
+	t "docs: operations.md's outage drill, typed as written, the master down" check_docs_drill
+	t "docs: rolling the migration back as operations.md says" check_docs_rollback
+	t "docs: a frontend without Cyrus: master-replica, no-master without a connection, snapshot" check_docs_replica
 	t "journal: one entry per recipient, every documented LMTPGATE_* field" check_journal_fields
 	t "reload: a good configuration is applied" check_reload_good
 	t "reload: a broken one fails visibly and keeps the old one" check_reload_broken

@@ -64,7 +64,9 @@ check_purge() {
 	fi
 	local left
 	# / and the tmpfs file systems the container mounts (/run, /tmp).
-	left=$(ct find / /run /tmp -xdev \( -path "$GUEST" -o -path /root \) -prune -o \
+	# /etc/cyrus.conf.before-lmtpgate is the operator's, made by the
+	# migration in docs/operations.md (check_docs_migration).
+	left=$(ct find / /run /tmp -xdev \( -path "$GUEST" -o -path /root -o -path /etc/cyrus.conf.before-lmtpgate \) -prune -o \
 		-name '*lmtpgate*' -print 2>/dev/null)
 	[ -z "$left" ] || fail "left after purge: $left"
 	ct getent passwd cyrus >/dev/null || fail "purge deleted the user cyrus"
