@@ -71,16 +71,18 @@ func check(ctx context.Context, path string, connect bool, stdout io.Writer) err
 				continue
 			}
 			answering++
-			servers = x.Servers()
+			servers = mergeServers(servers, x.Servers())
 			fmt.Fprintf(stdout, "%s: %s format, %d bytes, %d mailboxes on %d backends\n", db.Path, info.Format, info.FileSize, x.Len(), len(servers))
 		case config.SourceLocalMupdate, config.SourceMasterMupdate:
 			if !hasProblem(cfg, "lookup."+strings.ReplaceAll(name, "-", "_")+".password") {
 				answering++
 			}
 		case config.SourceMasterReplica:
-			if checkReplica(cfg, stdout) {
+			ok, fromSnapshot := checkReplica(cfg, stdout)
+			if ok {
 				answering++
 			}
+			servers = mergeServers(servers, fromSnapshot)
 		}
 	}
 	if answering == 0 {
@@ -114,12 +116,24 @@ func check(ctx context.Context, path string, connect bool, stdout io.Writer) err
 	return nil
 }
 
+// mergeServers adds to a the servers of b it lacks.
+func mergeServers(a, b []string) []string {
+	for _, s := range b {
+		if !slices.Contains(a, s) {
+			a = append(a, s)
+		}
+	}
+	return a
+}
+
 // checkReplica reports on the master replica's snapshot and says whether
 // the replica will have a list to answer from: its snapshot, or the
-// master's dump when the master's login is configured.
-func checkReplica(cfg *config.Config, stdout io.Writer) bool {
+// master's dump when the master's login is configured. It returns the
+// backends the snapshot names, for --connect.
+func checkReplica(cfg *config.Config, stdout io.Writer) (bool, []string) {
 	rc := cfg.Lookup.Replica
 	fromSnapshot := false
+	var servers []string
 	switch info, err := replica.CheckSnapshot(rc.SnapshotPath); {
 	case rc.SnapshotPath == "":
 		fmt.Fprintln(stdout, "warning: lookup.master_replica.snapshot is empty: after a restart during a master outage there is no list to route from")
@@ -129,12 +143,13 @@ func checkReplica(cfg *config.Config, stdout io.Writer) bool {
 		fmt.Fprintf(stdout, "warning: lookup.master_replica.snapshot: %v (the replica refuses it and waits for the master's dump)\n", err)
 	default:
 		fromSnapshot = true
-		fmt.Fprintf(stdout, "%s: %d mailboxes from %s, as of %s (%s ago)\n", rc.SnapshotPath, info.Mailboxes, info.Master, info.AsOf.Format(time.RFC3339), time.Since(info.AsOf).Round(time.Second))
+		fmt.Fprintf(stdout, "%s: %d mailboxes on %d backends from %s, as of %s (%s ago)\n", rc.SnapshotPath, info.Mailboxes, len(info.Servers), info.Master, info.AsOf.Format(time.RFC3339), time.Since(info.AsOf).Round(time.Second))
+		servers = info.Servers
 	}
 	if fromSnapshot {
-		return true
+		return true, servers
 	}
-	return cfg.Mode != config.ModeNoMaster && !hasProblem(cfg, "lookup.master_mupdate.password")
+	return cfg.Mode != config.ModeNoMaster && !hasProblem(cfg, "lookup.master_mupdate.password"), nil
 }
 
 func hasProblem(cfg *config.Config, key string) bool {
@@ -191,7 +206,7 @@ func preflight(ctx context.Context, cfg *config.Config, pool *backend.Pool, serv
 		fmt.Fprintf(stdout, "backend %s: LMTP login as %q OK (%d ms)\n", r.name, cfg.Backends.AuthName, r.dur.Milliseconds())
 	}
 	if len(servers) == 0 {
-		fmt.Fprintln(stdout, "warning: no backend to try: the directory names none (is mailboxes.db readable? backends.addresses can name them)")
+		fmt.Fprintln(stdout, "warning: no backend to try: the directory names none (is mailboxes.db readable, or has the master replica written its snapshot? backends.addresses can name them)")
 	}
 	for _, name := range cfg.Order() {
 		var m mupdate.Config

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math"
+	"slices"
 	"strings"
 
 	"github.com/lmtpgate/lmtpgate/internal/lookup"
@@ -66,6 +67,24 @@ func tagOf(h uint64) uint32 { return uint32(h>>32) | 1 }
 
 // Len is the number of mailboxes (deleted entries excluded).
 func (l *list) Len() int { return l.live }
+
+// servers returns the servers the list's mailboxes are on, sorted.
+func (l *list) servers() []string {
+	seen := map[uint16]bool{}
+	for i := range l.slots {
+		if e := &l.slots[i]; e.tag != 0 && !e.deleted {
+			seen[e.server] = true
+		}
+	}
+	var out []string
+	for i := range seen {
+		if l.strs[i] != "" {
+			out = append(out, l.strs[i])
+		}
+	}
+	slices.Sort(out)
+	return out
+}
 
 // find returns the slot of name, or nil.
 func (l *list) find(name string) *lentry {

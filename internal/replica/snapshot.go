@@ -64,11 +64,17 @@ type SnapshotInfo = snapInfo
 // would at start (`lmtpgate check`); a missing file is an error wrapping
 // fs.ErrNotExist.
 func CheckSnapshot(path string) (SnapshotInfo, error) {
-	_, info, err := readSnapshot(path, MaxMaxLiteral)
+	l, info, err := readSnapshot(path, MaxMaxLiteral)
+	if err == nil {
+		info.Servers = l.servers()
+	}
 	return info, err
 }
 
 type snapInfo struct {
+	// Servers is filled in by CheckSnapshot only: the backends the
+	// list names.
+	Servers   []string
 	Mailboxes int
 	AsOf      time.Time
 	Written   time.Time
