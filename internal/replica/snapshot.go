@@ -98,50 +98,12 @@ func writeSnapshot(path string, v *view, asOf time.Time, master string) (err err
 	if _, err := f.Write(make([]byte, snapHeaderSize)); err != nil {
 		return err
 	}
-
-	// Pass one: the strings to intern, in first-seen order.
-	strs := []string{""}
-	index := map[string]uint64{"": 0}
-	intern := func(s string) {
-		if _, ok := index[s]; !ok {
-			index[s] = uint64(len(strs))
-			strs = append(strs, s)
-		}
-	}
-	v.forEach(func(e lookup.Entry) error {
-		intern(e.Server)
-		intern(e.Partition)
-		return nil
-	})
-
 	crc := crc32.New(castagnoli)
 	cw := &countWriter{w: io.MultiWriter(f, crc)}
-	w := bufio.NewWriterSize(cw, 1<<20)
-	var nb [binary.MaxVarintLen64]byte
-	uv := func(x uint64) { w.Write(nb[:binary.PutUvarint(nb[:], x)]) }
-	str := func(s string) {
-		uv(uint64(len(s)))
-		w.WriteString(s)
-	}
-	str(master)
-	uv(uint64(len(strs) - 1))
-	for _, s := range strs[1:] {
-		str(s)
-	}
-	count := 0
-	v.forEach(func(e lookup.Entry) error {
-		w.WriteByte(byte(e.State))
-		uv(index[e.Server])
-		uv(index[e.Partition])
-		str(e.Name)
-		str(e.ACL)
-		count++
-		return nil
-	})
-	if err := w.Flush(); err != nil {
+	count, err := writePayload(cw, v, master)
+	if err != nil {
 		return err
 	}
-
 	h := make([]byte, snapHeaderSize)
 	copy(h, snapMagic)
 	binary.LittleEndian.PutUint32(h[8:], snapVersion)
@@ -170,6 +132,49 @@ func writeSnapshot(path string, v *view, asOf time.Time, master string) (err err
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// writePayload writes the snapshot's payload (the layout above) for v to
+// out and returns how many mailboxes it holds.
+func writePayload(out io.Writer, v *view, master string) (int, error) {
+	// Pass one: the strings to intern, in first-seen order.
+	strs := []string{""}
+	index := map[string]uint64{"": 0}
+	intern := func(s string) {
+		if _, ok := index[s]; !ok {
+			index[s] = uint64(len(strs))
+			strs = append(strs, s)
+		}
+	}
+	v.forEach(func(e lookup.Entry) error {
+		intern(e.Server)
+		intern(e.Partition)
+		return nil
+	})
+
+	w := bufio.NewWriterSize(out, 1<<20)
+	var nb [binary.MaxVarintLen64]byte
+	uv := func(x uint64) { w.Write(nb[:binary.PutUvarint(nb[:], x)]) }
+	str := func(s string) {
+		uv(uint64(len(s)))
+		w.WriteString(s)
+	}
+	str(master)
+	uv(uint64(len(strs) - 1))
+	for _, s := range strs[1:] {
+		str(s)
+	}
+	count := 0
+	v.forEach(func(e lookup.Entry) error {
+		w.WriteByte(byte(e.State))
+		uv(index[e.Server])
+		uv(index[e.Partition])
+		str(e.Name)
+		str(e.ACL)
+		count++
+		return nil
+	})
+	return count, w.Flush()
 }
 
 type countWriter struct {
