@@ -72,7 +72,9 @@ echo "bench: 1,000,000-mailbox index" >&2
 "$bench" mboxdb --dir "$work/mboxdb" -o "$work/mboxdb.md" >"$work/mboxdb.out"
 
 echo "bench: Go benchmarks" >&2
-go test -run '^$' -bench '^BenchmarkDeliverNull$' -benchtime 20000x -count 3 ./internal/front >"$work/gobench-front.txt"
+go test -run '^$' -bench '^BenchmarkDeliverNull$' -benchtime 20000x -count 3 -cpuprofile "$work/cpu-1k.out" -o "$work/front.test" ./internal/front >"$work/gobench-front.txt"
+go test -run '^$' -bench '^BenchmarkDeliverNull5MiB$' -benchtime 100x -count 3 -cpuprofile "$work/cpu-5m.out" ./internal/front >>"$work/gobench-front.txt"
+go test -run '^$' -bench '^BenchmarkDeliverNull$' -benchtime 20000x -count 3 ./internal/metrics >"$work/gobench-metrics.txt"
 go test -run '^$' -bench '^Benchmark(Build1M|ParseAndBuild1M)$' -benchtime 3x ./internal/mboxlist >"$work/gobench-mboxlist.txt"
 go test -run '^$' -bench '^BenchmarkLookup$' ./internal/mboxlist >>"$work/gobench-mboxlist.txt"
 
@@ -94,6 +96,22 @@ go test -run '^$' -bench '^BenchmarkLookup$' ./internal/mboxlist >>"$work/gobenc
 	grep -E '^(Benchmark|cpu:)' "$work/gobench-front.txt"
 	echo '```'
 	echo
+	echo "\`BenchmarkDeliverNull5MiB\` is the same with a 5 MiB message. Where the CPU goes (\`go tool pprof -top\`, the whole process: lmtpgate's server and pool, the load generator and the null backend), 1 KiB then 5 MiB:"
+	echo
+	echo '```'
+	go tool pprof -top -nodecount=12 "$work/front.test" "$work/cpu-1k.out" 2>/dev/null | sed -n '/flat%/,$p'
+	echo '```'
+	echo
+	echo '```'
+	go tool pprof -top -nodecount=12 "$work/front.test" "$work/cpu-5m.out" 2>/dev/null | sed -n '/flat%/,$p'
+	echo '```'
+	echo
+	echo "internal/metrics: the same 1 KiB benchmark with the metrics instruments off and on (the hot path's cost of metrics.listen)."
+	echo
+	echo '```'
+	grep -E '^(Benchmark|cpu:)' "$work/gobench-metrics.txt"
+	echo '```'
+	echo
 	echo "internal/mboxlist: index build from 1,000,000 synthetic records (Build1M), the same plus parsing a flat image (ParseAndBuild1M, with the heap the index keeps), and a lookup (mean)."
 	echo
 	echo '```'
@@ -103,5 +121,9 @@ go test -run '^$' -bench '^BenchmarkLookup$' ./internal/mboxlist >>"$work/gobenc
 	echo "## Large messages"
 	echo
 	echo "A message larger than lmtp.spool_memory_limit (default 1 MiB) is spooled to an unlinked file as soon as it passes the limit (internal/spool); the in-memory part is dropped then, and each backend reads the file through its own reader. A 5 MiB message is therefore held in memory at most once, and only up to the limit. The 5 MiB messages of the default mix above go through this path."
+	if [ -f bench/analysis.md ]; then
+		echo
+		cat bench/analysis.md
+	fi
 } >"$results"
 echo "bench: wrote $results" >&2
