@@ -6,10 +6,12 @@
 // The client keeps one persistent, authenticated connection and serialises
 // queries on it, like Cyrus 2.2's lmtpproxyd did. Its failure handling is a
 // circuit breaker: once the server fails (connect, authenticate, answer),
-// every lookup fails at once with ErrUnavailable until a jittered,
-// exponentially growing backoff has passed, so that mail keeps flowing from
-// the other lookup sources instead of waiting for a dial timeout per
-// recipient. After the backoff one lookup tries again.
+// every lookup fails at once with ErrUnavailable, so that mail keeps
+// flowing from the other lookup sources instead of waiting for a dial
+// timeout per recipient. A background probe tries the server again (connect,
+// authenticate, NOOP) after a jittered, exponentially growing backoff, and
+// lookups go to the server again only once a probe has succeeded: no
+// message waits on a server that is still down or hung.
 //
 // The subpackage fakemupdate is a scripted MUPDATE server for tests.
 package mupdate
@@ -148,7 +150,8 @@ type Stats struct {
 	Queries  uint64 // FIND commands sent
 	// State is "idle" (no connection, nothing failed), "connected",
 	// "backoff" (breaker open: lookups fail at once), "failing" (the
-	// backoff ended, the next lookup tries again) or "closed".
+	// backoff ended and a probe is trying the server; lookups still fail
+	// at once) or "closed".
 	State        string
 	LastError    string
 	BackoffUntil time.Time
@@ -179,7 +182,11 @@ type Client struct {
 	lastErr      string
 	lastUse      time.Time
 	kaStarted    bool
+	probing      bool // a probe goroutine runs while the breaker is open
 	done         chan struct{}
+	// stop is cancelled by Close; it ends a probe's dial or wait.
+	stop       context.Context
+	cancelStop context.CancelFunc
 
 	dials, connects, queries atomic.Uint64
 }
@@ -191,12 +198,15 @@ func New(name string, cfg Config, log *slog.Logger) *Client {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	stop, cancel := context.WithCancel(context.Background())
 	return &Client{
-		name: name,
-		cfg:  cfg,
-		log:  log,
-		sem:  make(chan struct{}, 1),
-		done: make(chan struct{}),
+		name:       name,
+		cfg:        cfg,
+		log:        log,
+		sem:        make(chan struct{}, 1),
+		done:       make(chan struct{}),
+		stop:       stop,
+		cancelStop: cancel,
 	}
 }
 
@@ -381,7 +391,8 @@ func (c *Client) do(ctx context.Context, op func() error) error {
 	}
 }
 
-// admit fails fast while the client is closed or the breaker is open.
+// admit fails fast while the client is closed or the breaker is open: in
+// backoff, or while the probe that ends it has not yet succeeded.
 func (c *Client) admit() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -391,6 +402,9 @@ func (c *Client) admit() error {
 	if now := time.Now(); now.Before(c.backoffUntil) {
 		return fmt.Errorf("%w: %s: not retrying for %v after: %s", ErrUnavailable, c.name,
 			c.backoffUntil.Sub(now).Round(time.Millisecond), c.lastErr)
+	}
+	if c.failing {
+		return fmt.Errorf("%w: %s: not retrying until a probe succeeds after: %s", ErrUnavailable, c.name, c.lastErr)
 	}
 	return nil
 }
@@ -433,6 +447,67 @@ func (c *Client) openBreaker(err error) {
 		c.failing = true
 		c.log.Warn("mupdate server unreachable", "source", c.name, "address", c.cfg.Address, "error", err)
 	}
+	if !c.probing {
+		c.probing = true
+		go c.probe()
+	}
+}
+
+// probe tries the server again once the backoff has passed, and again
+// after every failure with a longer backoff, until it answers or the
+// client is closed. The connection it opens is kept for the lookups.
+func (c *Client) probe() {
+	for {
+		c.mu.Lock()
+		wait := time.Until(c.backoffUntil)
+		c.mu.Unlock()
+		t := time.NewTimer(wait)
+		select {
+		case <-c.done:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		select {
+		case c.sem <- struct{}{}:
+		case <-c.done:
+			return
+		}
+		err := c.probeOnce()
+		<-c.sem
+		c.mu.Lock()
+		closed := c.closed
+		c.mu.Unlock()
+		if closed {
+			return
+		}
+		if err == nil {
+			c.mu.Lock()
+			c.probing = false
+			c.mu.Unlock()
+			c.succeeded()
+			return
+		}
+		c.log.Debug("mupdate probe failed", "source", c.name, "address", c.cfg.Address, "error", err)
+		c.openBreaker(err)
+	}
+}
+
+// probeOnce connects if needed and sends NOOP, under the query timeout;
+// the caller holds sem.
+func (c *Client) probeOnce() error {
+	ctx, cancel := context.WithTimeout(c.stop, c.cfg.QueryTimeout)
+	defer cancel()
+	if c.conn == nil {
+		if err := c.connect(ctx); err != nil {
+			return err
+		}
+	}
+	err := c.withDeadline(ctx, c.cfg.QueryTimeout, c.noop)
+	if err != nil {
+		c.dropConn()
+	}
+	return err
 }
 
 func (c *Client) succeeded() {
@@ -623,6 +698,7 @@ func (c *Client) Close() error {
 	}
 	c.closed = true
 	close(c.done)
+	c.cancelStop()
 	live := c.live
 	c.mu.Unlock()
 
@@ -682,7 +758,7 @@ func (c *Client) Stats() Stats {
 		s.BackoffUntil = c.backoffUntil
 	case c.failing:
 		// The backoff is over, but nothing has succeeded since the
-		// failure: the next lookup tries again.
+		// failure: a probe is trying the server.
 		s.State = "failing"
 	case c.live != nil:
 		s.State = "connected"

@@ -379,6 +379,47 @@ func TestHungServerOpensTheBreaker(t *testing.T) {
 	}
 }
 
+// TestHungServerAfterTheBackoff: once the backoff of a hung server has
+// passed, the probe tries it, not a lookup: lookups keep failing at once
+// (they do not spend their deadline on the server) until a probe has
+// succeeded, and then go to the server again.
+func TestHungServerAfterTheBackoff(t *testing.T) {
+	srv := fakemupdate.New(t)
+	srv.Set("user.alice", "be1!default", "")
+	srv.SetStall(true)
+	cfg := testConfig(srv.Addr())
+	cfg.DialTimeout, cfg.QueryTimeout = time.Minute, 200*time.Millisecond
+	cfg.BackoffMin, cfg.BackoffMax = 10*time.Millisecond, 20*time.Millisecond
+	c, logs := newClient(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	_, err := c.Lookup(ctx, "user.alice")
+	cancel()
+	wantUnavailable(t, err)
+	// Several backoffs pass; the probes time out on the hung server.
+	eventually(t, "probes to try the hung server", func() bool { return c.Stats().Dials >= 3 })
+	for range 5 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		_, err := c.Lookup(ctx, "user.alice")
+		waited := ctx.Err()
+		cancel()
+		wantUnavailable(t, err)
+		if waited != nil || !strings.Contains(err.Error(), "not retrying") {
+			t.Fatalf("lookup while the server is hung: %v (caller's context: %v), want an immediate refusal", err, waited)
+		}
+	}
+	srv.SetStall(false)
+	eventually(t, "a lookup to succeed once the server answers", func() bool {
+		_, err := c.Lookup(context.Background(), "user.alice")
+		return err == nil
+	})
+	if st := c.Stats(); st.State != "connected" || !st.Healthy() {
+		t.Errorf("Stats = %+v, want connected", st)
+	}
+	if out := logs.String(); strings.Count(out, "mupdate server unreachable") != 1 || strings.Count(out, "mupdate server reachable again") != 1 {
+		t.Errorf("want one unreachable and one reachable-again log line:\n%s", out)
+	}
+}
+
 func TestKeepAlive(t *testing.T) {
 	srv := fakemupdate.New(t)
 	srv.Set("user.alice", "be1!default", "")

@@ -634,9 +634,11 @@ func (r *Replica) loadSnapshot() {
 	r.written = v
 	r.st.SnapshotWritten = info.Written
 	r.mu.Unlock()
-	r.markReady()
+	// The line is logged before the replica says it is ready, so that
+	// whoever waited for readiness finds it in the log.
 	r.log.Info("mailbox list loaded from the snapshot", "path", r.cfg.SnapshotPath, "mailboxes", l.Len(),
 		"as_of", info.AsOf.Format(time.RFC3339), "master", info.Master, "dur_ms", time.Since(t0).Milliseconds())
+	r.markReady()
 }
 
 // requestSnapshot asks the snapshot goroutine to write the list if it
