@@ -124,6 +124,9 @@ ct_poweroff() {
 # directory. Safe to call more than once and after a partial start.
 ct_cleanup() {
 	ct_poweroff
+	# systemd-nspawn removes its propagation directory when it exits, but
+	# not when it was killed; remove this run's (empty) one.
+	rmdir "/run/systemd/nspawn/propagate/$CT_NAME" 2>/dev/null || true
 	if [ -n "$CT_RUN" ]; then
 		if mountpoint -q "$CT_RUN/root"; then
 			umount "$CT_RUN/root" || umount -l "$CT_RUN/root"
