@@ -77,6 +77,9 @@ go test -run '^$' -bench '^BenchmarkDeliverNull5MiB$' -benchtime 100x -count 3 -
 go test -run '^$' -bench '^BenchmarkDeliverNull$' -benchtime 20000x -count 3 ./internal/metrics >"$work/gobench-metrics.txt"
 go test -run '^$' -bench '^Benchmark(Build1M|ParseAndBuild1M)$' -benchtime 3x ./internal/mboxlist >"$work/gobench-mboxlist.txt"
 go test -run '^$' -bench '^BenchmarkLookup$' ./internal/mboxlist >>"$work/gobench-mboxlist.txt"
+go test -run '^$' -bench '^BenchmarkIngest$' -benchtime 3x ./internal/replica >"$work/gobench-replica.txt"
+go test -run '^$' -bench '^Benchmark(Lookup|LookupUntimed)$' ./internal/replica >>"$work/gobench-replica.txt"
+go test -count=1 -run '^TestRSS$' -v ./internal/replica >"$work/replica-rss.txt"
 
 {
 	echo "# lmtpgate benchmark results"
@@ -116,6 +119,18 @@ go test -run '^$' -bench '^BenchmarkLookup$' ./internal/mboxlist >>"$work/gobenc
 	echo
 	echo '```'
 	grep -E '^(Benchmark|cpu:)' "$work/gobench-mboxlist.txt"
+	echo '```'
+	echo
+	echo "internal/replica (the master-replica source): reading a master's dump of 1,000,000 mailboxes from memory into a new list (Ingest: first, and a re-dump while the old list is kept); a lookup in that list, each timed alone with the percentiles of all (Lookup: idle, and while new lists are built from a dump arriving at twice the rate a Cyrus master sends one), and untimed (LookupUntimed; its clock case is what timing each lookup adds)."
+	echo
+	echo '```'
+	grep -E '^(Benchmark|cpu:)' "$work/gobench-replica.txt"
+	echo '```'
+	echo
+	echo "Resident memory of a replica holding 1,000,000 mailboxes dumped by a fake master over loopback (TestRSS, in a child process of its own): dump_ms is the time from the stream's start to the list's readiness; rss after the dump, and after a re-dump (hwm, the peak, includes both lists while the second was built)."
+	echo
+	echo '```'
+	grep -oE '(dump_ms|rss_kib_[a-z]+|hwm_kib_[a-z]+|heap_kib_[a-z]+|mailboxes)=[0-9]+' "$work/replica-rss.txt" | paste -sd' '
 	echo '```'
 	echo
 	echo "## Large messages"
