@@ -53,38 +53,7 @@ func check(ctx context.Context, path string, connect bool, stdout io.Writer) err
 		problem("state_dir: %s", cfg.ModeProblem)
 	}
 
-	// Can any source in the order answer?
-	answering := 0
-	var servers []string
-	for _, name := range cfg.Order() {
-		switch name {
-		case config.SourceMailboxesDB:
-			db := cfg.Lookup.MailboxesDB
-			info, err := cyrusdb.Stat(db.Path)
-			if err != nil {
-				fmt.Fprintf(stdout, "warning: lookup.mailboxes_db: %v\n", err)
-				continue
-			}
-			x, err := mboxlist.LoadOnce(ctx, db.Path, db.Format)
-			if err != nil {
-				fmt.Fprintf(stdout, "warning: lookup.mailboxes_db: %s cannot be read: %v\n", db.Path, err)
-				continue
-			}
-			answering++
-			servers = mergeServers(servers, x.Servers())
-			fmt.Fprintf(stdout, "%s: %s format, %d bytes, %d mailboxes on %d backends\n", db.Path, info.Format, info.FileSize, x.Len(), len(servers))
-		case config.SourceLocalMupdate, config.SourceMasterMupdate:
-			if !hasProblem(cfg, "lookup."+strings.ReplaceAll(name, "-", "_")+".password") {
-				answering++
-			}
-		case config.SourceMasterReplica:
-			ok, fromSnapshot := checkReplica(cfg, stdout)
-			if ok {
-				answering++
-			}
-			servers = mergeServers(servers, fromSnapshot)
-		}
-	}
+	answering, servers := checkSources(ctx, cfg, stdout)
 	if answering == 0 {
 		problem("lookup.order: no source in [%s] can answer, so every recipient would be deferred; give mailboxes-db a readable file or configure a MUPDATE source", strings.Join(cfg.Order(), ", "))
 	}
@@ -114,6 +83,41 @@ func check(ctx context.Context, path string, connect bool, stdout io.Writer) err
 	}
 	fmt.Fprintf(stdout, "%s: OK (mode %s from %s; lookup order %s)\n", path, cfg.Mode, cfg.ModeFrom, strings.Join(cfg.Order(), ", "))
 	return nil
+}
+
+// checkSources says how many sources in the order can answer, and
+// returns the backends the loaded directories name.
+func checkSources(ctx context.Context, cfg *config.Config, stdout io.Writer) (answering int, servers []string) {
+	for _, name := range cfg.Order() {
+		switch name {
+		case config.SourceMailboxesDB:
+			db := cfg.Lookup.MailboxesDB
+			info, err := cyrusdb.Stat(db.Path)
+			if err != nil {
+				fmt.Fprintf(stdout, "warning: lookup.mailboxes_db: %v\n", err)
+				continue
+			}
+			x, err := mboxlist.LoadOnce(ctx, db.Path, db.Format)
+			if err != nil {
+				fmt.Fprintf(stdout, "warning: lookup.mailboxes_db: %s cannot be read: %v\n", db.Path, err)
+				continue
+			}
+			answering++
+			servers = mergeServers(servers, x.Servers())
+			fmt.Fprintf(stdout, "%s: %s format, %d bytes, %d mailboxes on %d backends\n", db.Path, info.Format, info.FileSize, x.Len(), len(servers))
+		case config.SourceLocalMupdate, config.SourceMasterMupdate:
+			if !hasProblem(cfg, "lookup."+strings.ReplaceAll(name, "-", "_")+".password") {
+				answering++
+			}
+		case config.SourceMasterReplica:
+			ok, fromSnapshot := checkReplica(cfg, stdout)
+			if ok {
+				answering++
+			}
+			servers = mergeServers(servers, fromSnapshot)
+		}
+	}
+	return answering, servers
 }
 
 // mergeServers adds to a the servers of b it lacks.

@@ -528,54 +528,71 @@ func (s *session) readOne() bool {
 	s.pend = s.pend[1:]
 	switch p.kind {
 	case 'M':
-		if code/100 == 2 {
-			s.mailOK = true
-			return true
-		}
-		if !validReply(code) {
-			s.fail(StageMail, fmt.Errorf("%w: unexpected MAIL reply %d", ErrProtocol, code))
-			return false
-		}
-		s.mailRep = rep
-		s.broken = true
+		return s.onMail(code, rep)
 	case 'R':
-		r := p.r
-		switch {
-		case !s.mailOK:
-			// MAIL was refused; what the backend says to RCPT after that
-			// is no news.
-			r.resolve(Result{Rcpt: r.Addr, Stage: StageMail, Reply: s.mailRep})
-		case code/100 == 2:
-			s.accepted = append(s.accepted, r)
-			r.resolveAnswer(Result{Rcpt: r.Addr, Stage: StageRcpt})
-		case validReply(code):
-			s.t.srv.refused.Add(1)
-			r.resolve(Result{Rcpt: r.Addr, Stage: StageRcpt, Reply: rep})
-		default:
-			// Neither acceptance nor refusal: we no longer know what the
-			// backend thinks, so nobody waiting can be answered.
-			s.fail(StageRcpt, fmt.Errorf("%w: unexpected RCPT reply %d", ErrProtocol, code))
-			return false
-		}
+		return s.onRcpt(p.r, code, rep)
 	case 'D':
-		switch {
-		case code == 354 && len(s.accepted) > 0 && s.mailOK:
-			s.dataOK = true
-		case code == 354:
-			// Go-ahead with nobody to deliver to: the only way out
-			// without storing an empty message is to hang up.
-			s.broken = true
-		case validReply(code):
-			s.t.srv.refused.Add(uint64(len(s.accepted)))
-			for _, r := range s.accepted {
-				r.resolve(Result{Rcpt: r.Addr, Stage: StageData, Reply: rep})
-			}
-			s.accepted = nil
-			s.broken = true
-		default:
-			s.fail(StageData, fmt.Errorf("%w: unexpected DATA reply %d", ErrProtocol, code))
-			return false
+		return s.onData(code, rep)
+	}
+	return true
+}
+
+// onMail acts on the reply to MAIL.
+func (s *session) onMail(code int, rep *smtp.SMTPError) bool {
+	if code/100 == 2 {
+		s.mailOK = true
+		return true
+	}
+	if !validReply(code) {
+		s.fail(StageMail, fmt.Errorf("%w: unexpected MAIL reply %d", ErrProtocol, code))
+		return false
+	}
+	s.mailRep = rep
+	s.broken = true
+	return true
+}
+
+// onRcpt acts on the reply to r's RCPT.
+func (s *session) onRcpt(r *Rcpt, code int, rep *smtp.SMTPError) bool {
+	switch {
+	case !s.mailOK:
+		// MAIL was refused; what the backend says to RCPT after that
+		// is no news.
+		r.resolve(Result{Rcpt: r.Addr, Stage: StageMail, Reply: s.mailRep})
+	case code/100 == 2:
+		s.accepted = append(s.accepted, r)
+		r.resolveAnswer(Result{Rcpt: r.Addr, Stage: StageRcpt})
+	case validReply(code):
+		s.t.srv.refused.Add(1)
+		r.resolve(Result{Rcpt: r.Addr, Stage: StageRcpt, Reply: rep})
+	default:
+		// Neither acceptance nor refusal: we no longer know what the
+		// backend thinks, so nobody waiting can be answered.
+		s.fail(StageRcpt, fmt.Errorf("%w: unexpected RCPT reply %d", ErrProtocol, code))
+		return false
+	}
+	return true
+}
+
+// onData acts on the reply to DATA (354, or a refusal for everyone).
+func (s *session) onData(code int, rep *smtp.SMTPError) bool {
+	switch {
+	case code == 354 && len(s.accepted) > 0 && s.mailOK:
+		s.dataOK = true
+	case code == 354:
+		// Go-ahead with nobody to deliver to: the only way out
+		// without storing an empty message is to hang up.
+		s.broken = true
+	case validReply(code):
+		s.t.srv.refused.Add(uint64(len(s.accepted)))
+		for _, r := range s.accepted {
+			r.resolve(Result{Rcpt: r.Addr, Stage: StageData, Reply: rep})
 		}
+		s.accepted = nil
+		s.broken = true
+	default:
+		s.fail(StageData, fmt.Errorf("%w: unexpected DATA reply %d", ErrProtocol, code))
+		return false
 	}
 	return true
 }

@@ -165,6 +165,21 @@ func (c *mtaConn) Read(p []byte) (int, error) {
 	}
 }
 
+// refusedLineEnded is called when the line that broke the bound ends;
+// nothing after it is passed on. A command line is answered here and the
+// connection ends (go-smtp takes EOF quietly); in a message, go-smtp's
+// reader gets the error and the message is refused. c.mu is held.
+func (c *mtaConn) refusedLineEnded() {
+	c.draining, c.lineLen, c.head = false, 0, c.head[:0]
+	if c.dataMode {
+		c.pendingErr = smtp.ErrTooLongLine
+		return
+	}
+	c.Conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	c.Conn.Write([]byte("500 5.5.2 Line too long, closing connection\r\n"))
+	c.pendingErr = io.EOF
+}
+
 // scan applies the line bound to octets on their way to go-smtp. It
 // returns how many of them, from the start, go on to go-smtp (pass), and
 // how many it dealt with (used); p[used:] is to be passed later. c.mu is
@@ -202,18 +217,7 @@ func (c *mtaConn) scan(p []byte) (pass, used int) {
 			if j < 0 {
 				break
 			}
-			// The refused line ended; nothing after it is passed on. A
-			// command line is answered here and the connection ends (go-
-			// smtp takes EOF quietly); in a message, go-smtp's reader gets
-			// the error and the message is refused.
-			c.draining, c.lineLen, c.head = false, 0, c.head[:0]
-			if c.dataMode {
-				c.pendingErr = smtp.ErrTooLongLine
-			} else {
-				c.Conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-				c.Conn.Write([]byte("500 5.5.2 Line too long, closing connection\r\n"))
-				c.pendingErr = io.EOF
-			}
+			c.refusedLineEnded()
 			break
 		}
 		if c.chunk > 0 {
