@@ -65,6 +65,18 @@ func (c *rawClient) expect(code int) string {
 	return msg
 }
 
+// startData sends MAIL FROM:<from>, RCPT TO:<to> and DATA, each expected
+// to succeed, one after the other: the message may follow.
+func (c *rawClient) startData(from, to string) {
+	c.t.Helper()
+	c.cmd("MAIL FROM:<%s>", from)
+	c.expect(250)
+	c.cmd("RCPT TO:<%s>", to)
+	c.expect(250)
+	c.cmd("DATA")
+	c.expect(354)
+}
+
 // A BDAT LAST chunk cut short by a closed connection is not a message:
 // nothing may reach a backend (go-smtp's chunk reader takes the early EOF
 // for the end of the chunk).
@@ -99,12 +111,7 @@ func TestTruncatedBDATIsNotDelivered(t *testing.T) {
 func TestTruncatedDATAIsNotDelivered(t *testing.T) {
 	h := newHarness(t)
 	c := h.raw()
-	c.cmd("MAIL FROM:<s@example.org>")
-	c.expect(250)
-	c.cmd("RCPT TO:<alice@x>")
-	c.expect(250)
-	c.cmd("DATA")
-	c.expect(354)
+	c.startData("s@example.org", "alice@x")
 	io.WriteString(c.conn, "Subject: cut\r\n\r\nno end")
 	c.conn.(*net.TCPConn).CloseWrite()
 	io.Copy(io.Discard, c.conn)
@@ -164,12 +171,7 @@ func TestNestedMAILIsRefused(t *testing.T) {
 func TestOverlongLinesGetAReply(t *testing.T) {
 	h := newHarness(t, func(o *Options, _ *Runtime) { o.Config.MaxMessageSize = 0 })
 	c := h.raw()
-	c.cmd("MAIL FROM:<s@example.org>")
-	c.expect(250)
-	c.cmd("RCPT TO:<alice@x>")
-	c.expect(250)
-	c.cmd("DATA")
-	c.expect(354)
+	c.startData("s@example.org", "alice@x")
 	go func() {
 		w := bufio.NewWriter(c.conn)
 		w.WriteString("Subject: long\r\n\r\n")

@@ -25,12 +25,7 @@ func bodyOf(t *testing.T, stored []byte) string {
 func TestRawDataPipelinedAfterTheDot(t *testing.T) {
 	h := newHarness(t)
 	c := h.raw()
-	c.cmd("MAIL FROM:<s@example.org>")
-	c.expect(250)
-	c.cmd("RCPT TO:<alice@x>")
-	c.expect(250)
-	c.cmd("DATA")
-	c.expect(354)
+	c.startData("s@example.org", "alice@x")
 	first := "Subject: one\r\n\r\n..a doubled dot\r\n.\r\n"
 	second := "Subject: two\r\n\r\nsecond\r\n"
 	fmt.Fprintf(c.tp.W, "%sMAIL FROM:<s@example.org>\r\nRCPT TO:<alice@x>\r\nDATA\r\n", first)
@@ -86,12 +81,7 @@ func TestRawDataWithTheBodyBeforeThe354(t *testing.T) {
 func TestRawDataOversizeKeepsTheSessionInStep(t *testing.T) {
 	h := newHarness(t, func(o *Options, _ *Runtime) { o.Config.MaxMessageSize = 1000 })
 	c := h.raw()
-	c.cmd("MAIL FROM:<s@example.org>")
-	c.expect(250)
-	c.cmd("RCPT TO:<alice@x>")
-	c.expect(250)
-	c.cmd("DATA")
-	c.expect(354)
+	c.startData("s@example.org", "alice@x")
 	// Lines that look like commands, beyond the limit: they must never
 	// be taken for commands.
 	fmt.Fprintf(c.tp.W, "Subject: big\r\n\r\n%s", strings.Repeat("RSET\r\nMAIL FROM:<evil@x>\r\n", 200))
@@ -100,12 +90,7 @@ func TestRawDataOversizeKeepsTheSessionInStep(t *testing.T) {
 	if code, msg := c.reply(); code != 552 {
 		t.Fatalf("oversized message: %d %q, want 552", code, msg)
 	}
-	c.cmd("MAIL FROM:<s@example.org>")
-	c.expect(250)
-	c.cmd("RCPT TO:<alice@x>")
-	c.expect(250)
-	c.cmd("DATA")
-	c.expect(354)
+	c.startData("s@example.org", "alice@x")
 	c.cmd("Subject: small\r\n\r\nok\r\n.")
 	c.expect(250)
 	msgs := h.be1.Messages()

@@ -7,6 +7,7 @@ package lookup
 import (
 	"context"
 	"errors"
+	"math"
 	"time"
 )
 
@@ -105,3 +106,41 @@ type Health struct {
 type HealthReporter interface {
 	Health() Health
 }
+
+// Interner numbers the few distinct strings of a mailbox list (its
+// servers and partitions: a murder has a handful of backends and a
+// million mailboxes) so that each entry holds 16-bit indexes instead of
+// strings. Index 0 is the empty string. The zero value is not ready; use
+// NewInterner.
+type Interner struct {
+	strs  []string
+	index map[string]uint16
+}
+
+// NewInterner returns an Interner holding only "".
+func NewInterner() *Interner {
+	return &Interner{strs: []string{""}, index: map[string]uint16{"": 0}}
+}
+
+// Index returns the index of s, adding it if it is new; ok is false when
+// the table is full (65,535 distinct strings).
+func (in *Interner) Index(s []byte) (i uint16, ok bool) {
+	if len(s) == 0 {
+		return 0, true
+	}
+	if i, ok := in.index[string(s)]; ok { // no allocation for the lookup
+		return i, true
+	}
+	if len(in.strs) >= math.MaxUint16 {
+		return 0, false
+	}
+	str := string(s)
+	i = uint16(len(in.strs))
+	in.strs = append(in.strs, str)
+	in.index[str] = i
+	return i, true
+}
+
+// Strings returns the table, indexed by what Index returned; the caller
+// must not add to the Interner afterwards.
+func (in *Interner) Strings() []string { return in.strs }

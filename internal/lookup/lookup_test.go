@@ -3,6 +3,7 @@ package lookup
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -221,5 +222,31 @@ func TestChainPeeks(t *testing.T) {
 	}
 	if p.calls.Load() != 1 {
 		t.Errorf("miss: %d Lookup calls, want 1", p.calls.Load())
+	}
+}
+
+func TestInterner(t *testing.T) {
+	in := NewInterner()
+	if i, ok := in.Index(nil); i != 0 || !ok {
+		t.Fatalf(`Index("") = %d, %v`, i, ok)
+	}
+	a, _ := in.Index([]byte("be1"))
+	b, _ := in.Index([]byte("default"))
+	if again, _ := in.Index([]byte("be1")); again != a || a == b || a == 0 {
+		t.Fatalf("indexes be1 %d, default %d, be1 again %d", a, b, again)
+	}
+	if s := in.Strings(); s[0] != "" || s[a] != "be1" || s[b] != "default" {
+		t.Fatalf("Strings() = %q", s)
+	}
+	for n := len(in.Strings()); n < 65535; n++ {
+		if _, ok := in.Index([]byte(strconv.Itoa(n))); !ok {
+			t.Fatalf("full after %d strings", n)
+		}
+	}
+	if _, ok := in.Index([]byte("one too many")); ok {
+		t.Fatal("a 65,536th string was taken")
+	}
+	if i, ok := in.Index([]byte("be1")); i != a || !ok {
+		t.Fatal("a known string refused once the table is full")
 	}
 }

@@ -184,7 +184,7 @@ func buildIndex(src recordSource) (*Index, buildStats, error) {
 type builder struct {
 	x      *Index
 	arena  strings.Builder
-	intern map[string]uint16
+	intern *lookup.Interner
 }
 
 func newBuilder(sizeHint int, era Era) *builder {
@@ -197,7 +197,7 @@ func newBuilder(sizeHint int, era Era) *builder {
 			seed: maphash.MakeSeed(),
 			strs: []string{""},
 		},
-		intern: map[string]uint16{"": 0},
+		intern: lookup.NewInterner(),
 	}
 	b.x.entries = make([]ientry, 0, sizeHint)
 	b.arena.Grow(sizeHint * 40)
@@ -234,19 +234,11 @@ func (b *builder) insertSlot(h uint64, slot uint32) {
 var errTooLarge = errors.New("mailboxes.db too large for the routing index")
 
 func (b *builder) str(s []byte) (uint16, error) {
-	if len(s) == 0 {
-		return 0, nil
-	}
-	if i, ok := b.intern[string(s)]; ok { // no allocation for the lookup
-		return i, nil
-	}
-	if len(b.x.strs) >= math.MaxUint16 {
+	i, ok := b.intern.Index(s)
+	if !ok {
 		return 0, fmt.Errorf("%w: more than %d distinct servers and partitions", errTooLarge, math.MaxUint16)
 	}
-	str := string(s)
-	i := uint16(len(b.x.strs))
-	b.x.strs = append(b.x.strs, str)
-	b.intern[str] = i
+	b.x.strs = b.intern.Strings()
 	return i, nil
 }
 

@@ -143,7 +143,7 @@ func (l *list) forEach(fn func(e lookup.Entry) error) error {
 type builder struct {
 	l       *list
 	cur     strings.Builder // the last chunk, being filled
-	intern  map[string]uint16
+	intern  *lookup.Interner
 	scratch [4][]byte
 }
 
@@ -154,7 +154,7 @@ func newBuilder(sizeHint int) *builder {
 			seed: maphash.MakeSeed(),
 			strs: []string{""},
 		},
-		intern: map[string]uint16{"": 0},
+		intern: lookup.NewInterner(),
 	}
 	b.resize(sizeHint)
 	return b
@@ -205,19 +205,11 @@ func (b *builder) findBuilding(h uint64, name []byte) *lentry {
 }
 
 func (b *builder) str(s []byte) (uint16, error) {
-	if len(s) == 0 {
-		return 0, nil
-	}
-	if i, ok := b.intern[string(s)]; ok { // no allocation for the lookup
-		return i, nil
-	}
-	if len(b.l.strs) >= math.MaxUint16 {
+	i, ok := b.intern.Index(s)
+	if !ok {
 		return 0, fmt.Errorf("%w: more than %d distinct servers and partitions", errTooLarge, math.MaxUint16)
 	}
-	str := string(s)
-	i := uint16(len(b.l.strs))
-	b.l.strs = append(b.l.strs, str)
-	b.intern[str] = i
+	b.l.strs = b.intern.Strings()
 	return i, nil
 }
 
