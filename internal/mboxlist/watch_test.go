@@ -1,40 +1,21 @@
 package mboxlist
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/lmtpgate/lmtpgate/internal/lookup"
+	"github.com/lmtpgate/lmtpgate/internal/testkit"
 )
 
-// logBuf collects slog text output safely across goroutines.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// count counts log lines containing all of the given substrings.
-func (l *logBuf) count(subs ...string) int {
+// countLines counts the log lines in l containing all of the given substrings.
+func countLines(l *testkit.SyncBuffer, subs ...string) int {
 	n := 0
 	for _, line := range strings.Split(l.String(), "\n") {
 		ok := line != ""
@@ -120,14 +101,14 @@ func writeInPlace(t *testing.T, path string, data []byte) {
 
 type harness struct {
 	d    *DB
-	log  *logBuf
+	log  *testkit.SyncBuffer
 	path string
 }
 
 func startDB(t *testing.T, cfg Config, initial []byte) (*harness, error) {
 	t.Helper()
 	dir := t.TempDir()
-	h := &harness{log: &logBuf{}, path: filepath.Join(dir, "mailboxes.db")}
+	h := &harness{log: &testkit.SyncBuffer{}, path: filepath.Join(dir, "mailboxes.db")}
 	if initial != nil {
 		if err := os.WriteFile(h.path, initial, 0o600); err != nil {
 			t.Fatal(err)
@@ -196,7 +177,7 @@ func TestWatchFollowsChanges(t *testing.T) {
 			if err := os.Remove(h.path); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, "error for missing file", func() bool { return h.log.count("level=ERROR", "keeping the previous routing table") == 1 })
+			waitFor(t, "error for missing file", func() bool { return countLines(h.log, "level=ERROR", "keeping the previous routing table") == 1 })
 			if got := serverOf(h.d, "user.carol"); got != "b1" {
 				t.Errorf("after removal: %s, want the previous table", got)
 			}
@@ -210,7 +191,7 @@ func TestWatchFollowsChanges(t *testing.T) {
 			if _, err := h.d.Lookup(context.Background(), "user.carol"); err != lookup.ErrNotFound {
 				t.Errorf("user.carol after re-creation: %v", err)
 			}
-			if n := h.log.count("readable again"); n != 1 {
+			if n := countLines(h.log, "readable again"); n != 1 {
 				t.Errorf("%d recovery messages, want 1:\n%s", n, h.log)
 			}
 		})
@@ -227,7 +208,7 @@ func TestWatchCorruptKeepsIndexAndLogsOnce(t *testing.T) {
 			// Not a Cyrus database at all: an unknown magic.
 			bad := append([]byte("\xa1\x02\x8b\x0dtwom file\x00\x00\x00\x00\x00\x00\x00"), make([]byte, 100)...)
 			writeAtomically(t, h.path, bad)
-			waitFor(t, "error logged", func() bool { return h.log.count("level=ERROR") >= 1 })
+			waitFor(t, "error logged", func() bool { return countLines(h.log, "level=ERROR") >= 1 })
 			// More events with the same problem: modify the bad file
 			// in place and force re-reads.
 			writeInPlace(t, h.path, append(bad, 0))
@@ -237,7 +218,7 @@ func TestWatchCorruptKeepsIndexAndLogsOnce(t *testing.T) {
 				}
 			}
 			time.Sleep(100 * time.Millisecond) // let any pending event be handled
-			if n := h.log.count("level=ERROR"); n != 1 {
+			if n := countLines(h.log, "level=ERROR"); n != 1 {
 				t.Errorf("%d error lines, want exactly 1:\n%s", n, h.log)
 			}
 			if !strings.Contains(h.log.String(), "path="+h.path) {
@@ -254,11 +235,11 @@ func TestWatchCorruptKeepsIndexAndLogsOnce(t *testing.T) {
 			// Fixed again.
 			writeAtomically(t, h.path, flatDB(map[string]string{"user.alice": "b2"}))
 			waitFor(t, "recovery", func() bool { return serverOf(h.d, "user.alice") == "b2" })
-			waitFor(t, "recovery message", func() bool { return h.log.count("readable again") == 1 })
+			waitFor(t, "recovery message", func() bool { return countLines(h.log, "readable again") == 1 })
 
 			// A new, different problem is logged again.
 			writeAtomically(t, h.path, nil)
-			waitFor(t, "second error", func() bool { return h.log.count("level=ERROR") == 2 })
+			waitFor(t, "second error", func() bool { return countLines(h.log, "level=ERROR") == 2 })
 			if got := serverOf(h.d, "user.alice"); got != "b2" {
 				t.Errorf("empty file emptied the table: %s", got)
 			}
@@ -280,7 +261,7 @@ func TestUnavailableBeforeFirstLoad(t *testing.T) {
 			if st := h.d.Status(); st.Loaded || st.LastError == "" {
 				t.Errorf("status = %+v", st)
 			}
-			if n := h.log.count("level=ERROR", "source unavailable"); n != 1 {
+			if n := countLines(h.log, "level=ERROR", "source unavailable"); n != 1 {
 				t.Errorf("%d errors logged, want 1:\n%s", n, h.log)
 			}
 			writeAtomically(t, h.path, flatDB(map[string]string{"user.alice": "b1"}))
@@ -356,7 +337,7 @@ func TestReloadAndClose(t *testing.T) {
 func TestPollingFallbackWhenDirectoryMissing(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "not-yet")
 	path := filepath.Join(dir, "mailboxes.db")
-	lb := &logBuf{}
+	lb := &testkit.SyncBuffer{}
 	d := New(testConfig(Config{Path: path, PollInterval: 20 * time.Millisecond}), slog.New(slog.NewTextHandler(lb, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

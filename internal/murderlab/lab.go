@@ -50,6 +50,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/lmtpgate/lmtpgate/internal/testkit"
 )
 
 // Options configure a lab.
@@ -258,7 +260,7 @@ func (l *Lab) build() error {
 	if err := os.MkdirAll(l.opt.Dir, 0o755); err != nil {
 		return err
 	}
-	if err := makeSearchable(l.opt.Dir); err != nil {
+	if err := testkit.MakeSearchable(l.opt.Dir, "cyrus"); err != nil {
 		return err
 	}
 	l.sasldb = filepath.Join(l.opt.Dir, "sasldb2")
@@ -360,26 +362,6 @@ func (l *Lab) build() error {
 		return err
 	}
 	return os.Chmod(l.sasldb, 0o640)
-}
-
-// makeSearchable adds o+x to dir and each ancestor lacking it, so that user
-// cyrus can reach the instance directories inside a 0700 t.TempDir().
-// Nothing is made readable or writable.
-func makeSearchable(dir string) error {
-	for d := dir; ; d = filepath.Dir(d) {
-		st, err := os.Stat(d)
-		if err != nil {
-			return err
-		}
-		if st.Mode().Perm()&0o001 == 0 {
-			if err := os.Chmod(d, st.Mode().Perm()|0o001); err != nil {
-				return fmt.Errorf("murderlab: make %s searchable for user cyrus: %w", d, err)
-			}
-		}
-		if d == filepath.Dir(d) {
-			return nil
-		}
-	}
 }
 
 // servicesMu serialises the /etc/services check within this process; an

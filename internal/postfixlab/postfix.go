@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/lmtpgate/lmtpgate/internal/testkit"
 )
 
 // Where Debian's postfix package installs its programs.
@@ -163,7 +164,7 @@ func (p *Postfix) build(opt Options) error {
 	}
 	// Postfix's daemons run as user postfix and reach the queue through
 	// this path; master wants its data directory owned by postfix.
-	if err := makeSearchable(p.dir); err != nil {
+	if err := testkit.MakeSearchable(p.dir, "postfix"); err != nil {
 		return err
 	}
 	data := filepath.Join(p.dir, "data")
@@ -261,26 +262,6 @@ anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 `
-}
-
-// makeSearchable adds o+x to dir and each ancestor lacking it, so that
-// user postfix can reach the queue inside a 0700 t.TempDir(). Nothing is
-// made readable or writable.
-func makeSearchable(dir string) error {
-	for d := dir; ; d = filepath.Dir(d) {
-		st, err := os.Stat(d)
-		if err != nil {
-			return err
-		}
-		if st.Mode().Perm()&0o001 == 0 {
-			if err := os.Chmod(d, st.Mode().Perm()|0o001); err != nil {
-				return fmt.Errorf("postfixlab: make %s searchable for user postfix: %w", d, err)
-			}
-		}
-		if d == filepath.Dir(d) {
-			return nil
-		}
-	}
 }
 
 func (p *Postfix) start(ctx context.Context) error {

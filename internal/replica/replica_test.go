@@ -1,7 +1,6 @@
 package replica
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,25 +13,8 @@ import (
 
 	"github.com/lmtpgate/lmtpgate/internal/lookup"
 	"github.com/lmtpgate/lmtpgate/internal/mupdate/fakemupdate"
+	"github.com/lmtpgate/lmtpgate/internal/testkit"
 )
-
-// syncBuffer collects log output from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // testConfig is DefaultConfig for the fake: short backoff so that
 // reconnecting tests run quickly, a snapshot in a fresh directory, and
@@ -49,9 +31,9 @@ func testConfig(t testing.TB, addr string) Config {
 	return cfg
 }
 
-func newReplica(t testing.TB, cfg Config) (*Replica, *syncBuffer) {
+func newReplica(t testing.TB, cfg Config) (*Replica, *testkit.SyncBuffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	r, err := New(cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)

@@ -6,6 +6,9 @@ package testkit
 
 import (
 	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 )
@@ -43,5 +46,26 @@ func Eventually(bound time.Duration, cond func() bool) bool {
 			return false
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// MakeSearchable adds o+x to dir and each ancestor lacking it, so that a
+// service's own user (cyrus, postfix) can reach an instance directory
+// inside a 0700 t.TempDir(). Nothing is made readable or writable. who
+// names that user in the error.
+func MakeSearchable(dir, who string) error {
+	for d := dir; ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		if st.Mode().Perm()&0o001 == 0 {
+			if err := os.Chmod(d, st.Mode().Perm()|0o001); err != nil {
+				return fmt.Errorf("make %s searchable for user %s: %w", d, who, err)
+			}
+		}
+		if d == filepath.Dir(d) {
+			return nil
+		}
 	}
 }
