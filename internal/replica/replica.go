@@ -116,21 +116,24 @@ type Config struct {
 }
 
 // DefaultConfig returns the defaults. Address and the credentials have
-// none; the snapshot goes to /var/lib/lmtpgate, lmtpgate's default state
-// directory.
+// none; the connection's settings (TLS, timeouts, backoff, literal bound)
+// are the MUPDATE client's, since the stream goes to the server that
+// lookup.master_mupdate names; the snapshot goes to /var/lib/lmtpgate,
+// lmtpgate's default state directory.
 func DefaultConfig() Config {
+	m := mupdate.DefaultConfig()
 	return Config{
-		TLS:              "none",
-		DialTimeout:      5 * time.Second,
-		QueryTimeout:     5 * time.Second,
+		TLS:              m.TLS,
+		DialTimeout:      m.DialTimeout,
+		QueryTimeout:     m.QueryTimeout,
 		DumpIdleTimeout:  30 * time.Second,
 		KeepAlive:        30 * time.Second,
-		BackoffMin:       time.Second,
-		BackoffMax:       30 * time.Second,
+		BackoffMin:       m.BackoffMin,
+		BackoffMax:       m.BackoffMax,
 		MissWait:         2 * time.Second,
 		SnapshotPath:     "/var/lib/lmtpgate/" + DefaultSnapshotName,
 		SnapshotInterval: 5 * time.Minute,
-		MaxLiteral:       mupdate.DefaultMaxLiteral,
+		MaxLiteral:       m.MaxLiteral,
 	}
 }
 
