@@ -93,17 +93,22 @@ func (c *mtaConn) clientEnded() error {
 	return c.ended
 }
 
+// readable is what every read checks first, with c.mu held: that the
+// connection is not closing, and that no reply is still held. go-smtp
+// reads again only after answering everything it was given; if replies
+// are still held, the count was wrong: they are sent now rather than keep
+// the client waiting.
+func (c *mtaConn) readable() error {
+	if c.closing {
+		return net.ErrClosed
+	}
+	return c.sendHeld()
+}
+
 func (c *mtaConn) Read(p []byte) (int, error) {
 	for {
 		c.mu.Lock()
-		if c.closing {
-			c.mu.Unlock()
-			return 0, net.ErrClosed
-		}
-		// go-smtp reads again only after answering everything it was
-		// given; if replies are still held, the count was wrong: send
-		// them now rather than keep the client waiting.
-		if err := c.sendHeld(); err != nil {
+		if err := c.readable(); err != nil {
 			c.mu.Unlock()
 			return 0, err
 		}

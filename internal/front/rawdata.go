@@ -156,11 +156,7 @@ func (r *rawData) release() {
 // client's side ending.
 func (c *mtaConn) readRaw(p []byte, timeout time.Duration) (int, error) {
 	c.mu.Lock()
-	if c.closing {
-		c.mu.Unlock()
-		return 0, net.ErrClosed
-	}
-	if err := c.sendHeld(); err != nil {
+	if err := c.readable(); err != nil {
 		c.mu.Unlock()
 		return 0, err
 	}
