@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/lmtpgate/lmtpgate/internal/testkit"
 )
 
 // startUpstream serves every connection with handle on a loopback port.
@@ -303,15 +305,10 @@ func TestDelayRelayCloseAborts(t *testing.T) {
 	}
 }
 
-// waitFor polls cond, failing the test after a generous time.
+// waitFor waits for cond, failing the test after a generous time.
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached in 30 s")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitFor(t, 30*time.Second, "the condition", cond)
 }
 
 // TestProbeThroughRelay runs the probe protocol straight to a sink and

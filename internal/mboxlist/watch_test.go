@@ -50,17 +50,11 @@ func sortStrings(s []string) {
 	}
 }
 
-// waitFor polls cond until it holds; the deadline only guards against a
-// hang and is not a performance requirement.
+// waitFor waits for cond; the bound only guards against a hang and is
+// not a performance requirement.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.WaitFor(t, 15*time.Second, what, cond)
 }
 
 func serverOf(d *DB, name string) string {

@@ -38,16 +38,10 @@ func newClient(t *testing.T, cfg mupdate.Config) (*mupdate.Client, *testkit.Sync
 	return c, logs
 }
 
-// eventually polls cond until it holds; the deadline only prevents a hang.
+// eventually waits for cond; the bound only prevents a hang.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitFor(t, 15*time.Second, what, cond)
 }
 
 func lookupOK(t *testing.T, c *mupdate.Client, name string) lookup.Entry {

@@ -47,16 +47,10 @@ func newReplica(t testing.TB, cfg Config) (*Replica, *testkit.SyncBuffer) {
 	return r, logs
 }
 
-// eventually polls cond until it holds; the deadline only prevents a hang.
+// eventually waits for cond; the bound only prevents a hang.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	testkit.WaitFor(t, 30*time.Second, what, cond)
 }
 
 func waitStreaming(t testing.TB, r *Replica) {

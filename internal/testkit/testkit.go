@@ -49,6 +49,22 @@ func Eventually(bound time.Duration, cond func() bool) bool {
 	}
 }
 
+// TB is the part of testing.TB that WaitFor uses (so that this package
+// does not link the testing package into the demo and the benchmark).
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+}
+
+// WaitFor fails t unless cond holds within bound (see Eventually: the
+// bound guards against a hang). what names what was awaited.
+func WaitFor(t TB, bound time.Duration, what string, cond func() bool) {
+	t.Helper()
+	if !Eventually(bound, cond) {
+		t.Fatalf("timed out after %v waiting for %s", bound, what)
+	}
+}
+
 // MakeSearchable adds o+x to dir and each ancestor lacking it, so that a
 // service's own user (cyrus, postfix) can reach an instance directory
 // inside a 0700 t.TempDir(). Nothing is made readable or writable. who

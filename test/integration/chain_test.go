@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/lmtpgate/lmtpgate/internal/testbin"
+	"github.com/lmtpgate/lmtpgate/internal/testkit"
 )
 
 // The lookup chain hands a question to the next source when one cannot
@@ -29,7 +30,7 @@ func TestChainFailover(t *testing.T) {
 		t.Helper()
 		// The log travels through a pipe and may trail the LMTP reply.
 		last := func() bool { got := deliveredBy(d, rcpt); return len(got) > 0 && got[len(got)-1] == want }
-		if !eventually(10*time.Second, last) {
+		if !testkit.Eventually(10*time.Second, last) {
 			t.Errorf("%s was delivered via sources %v, want the last via %s", rcpt, deliveredBy(d, rcpt), want)
 		}
 	}
@@ -53,7 +54,7 @@ func TestChainFailover(t *testing.T) {
 		if err := l.CreateMailbox(ctxT(t), 2, "user/dave", nil); err != nil {
 			t.Fatal(err)
 		}
-		if !eventually(time.Minute, func() bool {
+		if !testkit.Eventually(time.Minute, func() bool {
 			m, err := l.MasterMailboxes(ctxT(t))
 			return err == nil && m["user.dave"] == l.BackendServer(2)
 		}) {

@@ -135,22 +135,6 @@ func probe(t *testing.T, addr, rcpt string) string {
 	return rep
 }
 
-// eventually polls cond every 20 ms until it holds or timeout passes, and
-// reports whether it held. The timeout is a bound against hangs unless a
-// caller's requirement states it.
-func eventually(timeout time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(timeout)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // counts returns how many copies of each Message-ID mailbox on backend holds.
 func counts(t *testing.T, l *murderlab.Lab, backend int, mailbox string) map[string]int {
 	t.Helper()

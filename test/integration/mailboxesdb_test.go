@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lmtpgate/lmtpgate/internal/testbin"
+	"github.com/lmtpgate/lmtpgate/internal/testkit"
 )
 
 // lmtpgate routing from the frontend's own mailboxes.db, which the Cyrus
@@ -34,7 +35,7 @@ func TestMailboxesDB(t *testing.T) {
 		if err := l.WaitFrontend(ctxT(t), "user.bob", true); err != nil {
 			t.Fatal(err)
 		}
-		if !eventually(time.Second, func() bool { return probe(t, d.LMTP, bob) == "" }) {
+		if !testkit.Eventually(time.Second, func() bool { return probe(t, d.LMTP, bob) == "" }) {
 			t.Fatalf("bob still %q a second after the frontend's mailboxes.db had user.bob", probe(t, d.LMTP, bob))
 		}
 		rr, dr, id := send(t, d.LMTP, []string{bob}, "new mailbox")
@@ -55,7 +56,7 @@ func TestMailboxesDB(t *testing.T) {
 		if err := l.WaitFrontend(ctxT(t), "user.bob", false); err != nil {
 			t.Fatal(err)
 		}
-		if !eventually(time.Second, func() bool { return probe(t, d.LMTP, bob) == "550 5.1.1" }) {
+		if !testkit.Eventually(time.Second, func() bool { return probe(t, d.LMTP, bob) == "550 5.1.1" }) {
 			t.Fatalf("bob still %q a second after the frontend dropped user.bob, want 550 5.1.1", probe(t, d.LMTP, bob))
 		}
 		fm, err := l.FrontendMailboxes(ctxT(t))
@@ -91,7 +92,7 @@ func TestMailboxesDB(t *testing.T) {
 		if err := l.WaitFrontend(ctxT(t), "user.dave", true); err != nil {
 			t.Fatal(err)
 		}
-		if !eventually(time.Second, func() bool { return probe(t, d.LMTP, dave) == "" }) {
+		if !testkit.Eventually(time.Second, func() bool { return probe(t, d.LMTP, dave) == "" }) {
 			t.Fatalf("dave still %q a second after the frontend had user.dave", probe(t, d.LMTP, dave))
 		}
 		rr, dr, id = send(t, d.LMTP, []string{dave}, "before the move")
@@ -107,14 +108,14 @@ func TestMailboxesDB(t *testing.T) {
 		if err := l.CreateMailbox(ctxT(t), 2, "user/dave", nil); err != nil {
 			t.Fatal(err)
 		}
-		if !eventually(time.Minute, func() bool {
+		if !testkit.Eventually(time.Minute, func() bool {
 			m, err := l.FrontendMailboxes(ctxT(t))
 			return err == nil && m["user.dave"] == l.BackendServer(2)
 		}) {
 			t.Fatal("the frontend never listed user.dave on backend 2")
 		}
 		want := "server:   " + l.BackendServer(2)
-		if !eventually(time.Second, func() bool {
+		if !testkit.Eventually(time.Second, func() bool {
 			out, _ := d.Run(t, "resolve", dave)
 			return strings.Contains(out, want)
 		}) {
@@ -298,7 +299,7 @@ func TestMailboxesDB(t *testing.T) {
 		}
 		for i, step := range steps {
 			step.apply()
-			if !eventually(time.Minute, func() bool { return len(logLines(d, errMsg)) > i }) {
+			if !testkit.Eventually(time.Minute, func() bool { return len(logLines(d, errMsg)) > i }) {
 				t.Fatalf("%s: the daemon never logged %q:\n%s", step.name, errMsg, d.Output())
 			}
 			lines := logLines(d, errMsg)
@@ -326,7 +327,7 @@ func TestMailboxesDB(t *testing.T) {
 
 		// Restored, with the mailbox the copy lacked.
 		copyFile(t, l.FrontendMailboxesDB(), db)
-		if !eventually(time.Minute, func() bool { return probe(t, d.LMTP, news) == "" }) {
+		if !testkit.Eventually(time.Minute, func() bool { return probe(t, d.LMTP, news) == "" }) {
 			t.Fatalf("bb/news still %q after the good file came back", probe(t, d.LMTP, news))
 		}
 		d.WaitLog(t, "mailboxes.db readable again", time.Minute)

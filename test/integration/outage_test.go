@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/lmtpgate/lmtpgate/internal/testbin"
+	"github.com/lmtpgate/lmtpgate/internal/testkit"
 )
 
 // Outages of the murder's servers must defer mail (4xx), never bounce or
@@ -58,7 +59,7 @@ func TestOutages(t *testing.T) {
 		if err := l.StartMaster(ctxT(t)); err != nil {
 			t.Fatal(err)
 		}
-		if !eventually(time.Minute, func() bool { return probe(t, d.LMTP, "carol@example.org") == "" }) {
+		if !testkit.Eventually(time.Minute, func() bool { return probe(t, d.LMTP, "carol@example.org") == "" }) {
 			t.Fatalf("RCPT carol still %q a minute after the master came back", probe(t, d.LMTP, "carol@example.org"))
 		}
 		rr, dr, id := send(t, d.LMTP, []string{"carol@example.org", "nosuch@example.org"}, "after master outage")
@@ -115,7 +116,7 @@ func TestOutages(t *testing.T) {
 		// The backend is out of service until lmtpgate's probe finds it
 		// again (within backends.backoff_min, 1s): an MTA retrying
 		// earlier is deferred at RCPT, which is fine.
-		if !eventually(30*time.Second, func() bool { return probe(t, d.LMTP, "carol@example.org") == "" }) {
+		if !testkit.Eventually(30*time.Second, func() bool { return probe(t, d.LMTP, "carol@example.org") == "" }) {
 			t.Fatal("backend 2 did not come back into service")
 		}
 		// The retry of the deferred recipient.

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/lmtpgate/lmtpgate/internal/testbin"
+	"github.com/lmtpgate/lmtpgate/internal/testkit"
 )
 
 // Before a miss in mailboxes.db becomes a 550, lmtpgate pokes the frontend's
@@ -65,7 +66,7 @@ func TestDeletedSharedFolderIsUnknown(t *testing.T) {
 		t.Fatal(err)
 	}
 	var deleted string
-	if !eventually(30*time.Second, func() bool {
+	if !testkit.Eventually(30*time.Second, func() bool {
 		fm, err := l.FrontendMailboxes(ctxT(t))
 		if err != nil {
 			return false

@@ -13,6 +13,7 @@ import (
 	"github.com/lmtpgate/lmtpgate/internal/murderlab"
 	"github.com/lmtpgate/lmtpgate/internal/postfixlab"
 	"github.com/lmtpgate/lmtpgate/internal/sandbox"
+	"github.com/lmtpgate/lmtpgate/internal/testkit"
 )
 
 // background is Postfix mail to bob and dave that flows through the same
@@ -50,7 +51,7 @@ func (b *background) reconcile(t *testing.T, l *murderlab.Lab, sl *sandbox.Syslo
 func outcomeLines(t *testing.T, g *gate, offset int, rcpts ...string) []string {
 	t.Helper()
 	var lines []string
-	ok := waitFor(30*time.Second, func() bool {
+	ok := testkit.Eventually(30*time.Second, func() bool {
 		lines = lines[:0]
 		out := g.Output()
 		if offset > len(out) {

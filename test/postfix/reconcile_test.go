@@ -17,6 +17,7 @@ import (
 	"github.com/lmtpgate/lmtpgate/internal/murderlab"
 	"github.com/lmtpgate/lmtpgate/internal/postfixlab"
 	"github.com/lmtpgate/lmtpgate/internal/sandbox"
+	"github.com/lmtpgate/lmtpgate/internal/testkit"
 )
 
 // sender is the envelope sender of every test message; its domain is
@@ -408,7 +409,7 @@ func normalize(b []byte) []byte { return bytes.ReplaceAll(b, []byte("\r\n"), []b
 func waitEvents(t *testing.T, p *postfixlab.Postfix, timeout time.Duration, what string, cond func([]postfixlab.Event) bool) []postfixlab.Event {
 	t.Helper()
 	var evs []postfixlab.Event
-	ok := waitFor(timeout, func() bool {
+	ok := testkit.Eventually(timeout, func() bool {
 		var err error
 		evs, err = p.Events()
 		return err == nil && cond(evs)

@@ -158,7 +158,5 @@ backends:
 // eventually fails the test if cond does not hold within bound.
 func eventually(t *testing.T, bound time.Duration, what string, cond func() bool) {
 	t.Helper()
-	if !testkit.Eventually(bound, cond) {
-		t.Fatalf("%s: not within %v", what, bound)
-	}
+	testkit.WaitFor(t, bound, what, cond)
 }
