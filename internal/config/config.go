@@ -841,10 +841,8 @@ func (b *builder) buildReplica(r *rawReplica) {
 	l := &b.c.Lookup
 	rc := replica.DefaultConfig()
 	m := l.Master
-	rc.Address, rc.AuthName, rc.AuthzID, rc.Password, rc.TLS = m.Address, m.AuthName, m.AuthzID, m.Password, m.TLS
-	rc.TLSCAFile = m.TLSCAFile
-	rc.DialTimeout, rc.QueryTimeout, rc.BackoffMin, rc.BackoffMax = m.DialTimeout, m.QueryTimeout, m.BackoffMin, m.BackoffMax
-	rc.MaxLiteral = m.MaxLiteral
+	rc.Server = m.Server
+	rc.BackoffMin, rc.BackoffMax = m.BackoffMin, m.BackoffMax
 	rc.SnapshotPath = filepath.Join(b.c.StateDir, replica.DefaultSnapshotName)
 	b.str(&rc.SnapshotPath, r.Snapshot, "")
 	b.dur(&rc.SnapshotInterval, "lookup.master_replica.snapshot_interval", r.SnapshotInterval, nonNegative)

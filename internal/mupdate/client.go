@@ -37,10 +37,10 @@ import (
 	"github.com/lmtpgate/lmtpgate/internal/lookup"
 )
 
-// Config says where the MUPDATE server is and how to talk to it. Every
-// field means what its comment says, zero included; the defaults are
-// DefaultConfig's.
-type Config struct {
+// Server is how to reach and log in to a MUPDATE server: what the query
+// client (Config) and the master replica's stream share. Every field means
+// what its comment says, zero included.
+type Server struct {
 	Address  string // host:port (Cyrus's default port is 3905)
 	AuthName string // SASL authentication id (Cyrus mupdate_authname); empty: no AUTHENTICATE
 	// AuthzID is the optional SASL authorization id (Cyrus
@@ -56,8 +56,33 @@ type Config struct {
 	// DialTimeout bounds the TCP connect. Must be positive.
 	DialTimeout time.Duration
 	// QueryTimeout bounds reading the greeting, STARTTLS and AUTHENTICATE
-	// together, and each FIND or NOOP. Must be positive.
+	// together, and each command's answer. Must be positive.
 	QueryTimeout time.Duration
+	// MaxLiteral bounds each response line and literal. Must be positive.
+	MaxLiteral int
+}
+
+// Endpoint is what Dial needs for s, with tc (from TLSConfig) for either
+// TLS mode.
+func (s Server) Endpoint(tc *tls.Config) Endpoint {
+	return Endpoint{
+		Address:          s.Address,
+		AuthName:         s.AuthName,
+		AuthzID:          s.AuthzID,
+		Password:         s.Password,
+		TLS:              s.TLS,
+		TLSConfig:        tc,
+		DialTimeout:      s.DialTimeout,
+		HandshakeTimeout: s.QueryTimeout,
+		MaxLiteral:       s.MaxLiteral,
+	}
+}
+
+// Config says where the MUPDATE server is and how the query client talks
+// to it. Every field means what its comment says, zero included; the
+// defaults are DefaultConfig's.
+type Config struct {
+	Server
 	// KeepAlive sends NOOP on a connection idle this long, to notice a
 	// dead server or a NAT that dropped the connection before a message
 	// needs it (Cyrus's own idle timeout is 3 h); 0 sends none.
@@ -65,8 +90,6 @@ type Config struct {
 	// BackoffMin and BackoffMax bound the breaker's wait after a failure.
 	// Both must be positive.
 	BackoffMin, BackoffMax time.Duration
-	// MaxLiteral bounds each response line and literal. Must be positive.
-	MaxLiteral int
 }
 
 // DefaultConfig returns the defaults of every setting. The timeouts are
@@ -76,13 +99,15 @@ type Config struct {
 // breaker, and not the caller's deadline, which would not.
 func DefaultConfig() Config {
 	return Config{
-		TLS:          "none",
-		DialTimeout:  3 * time.Second,
-		QueryTimeout: 3 * time.Second,
-		KeepAlive:    60 * time.Second,
-		BackoffMin:   time.Second,
-		BackoffMax:   30 * time.Second,
-		MaxLiteral:   DefaultMaxLiteral,
+		Server: Server{
+			TLS:          "none",
+			DialTimeout:  3 * time.Second,
+			QueryTimeout: 3 * time.Second,
+			MaxLiteral:   DefaultMaxLiteral,
+		},
+		KeepAlive:  60 * time.Second,
+		BackoffMin: time.Second,
+		BackoffMax: 30 * time.Second,
 	}
 }
 
@@ -578,17 +603,7 @@ func (c Config) endpoint() (Endpoint, error) {
 	if err != nil {
 		return Endpoint{}, err
 	}
-	return Endpoint{
-		Address:          c.Address,
-		AuthName:         c.AuthName,
-		AuthzID:          c.AuthzID,
-		Password:         c.Password,
-		TLS:              c.TLS,
-		TLSConfig:        tc,
-		DialTimeout:      c.DialTimeout,
-		HandshakeTimeout: c.QueryTimeout,
-		MaxLiteral:       c.MaxLiteral,
-	}, nil
+	return c.Server.Endpoint(tc), nil
 }
 
 // connect dials, reads the greeting, does STARTTLS if configured and

@@ -260,7 +260,7 @@ func TestRealMaster(t *testing.T) {
 func rawDump(t *testing.T, cfg Config) (int, time.Duration) {
 	t.Helper()
 	ctx := ctxT(t)
-	conn, err := mupdate.Dial(ctx, cfg.endpoint(nil))
+	conn, err := mupdate.Dial(ctx, cfg.Server.Endpoint(nil))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,25 +55,14 @@ const MaxMaxLiteral = 256 << 10
 // value of each field means what its comment says; DefaultConfig holds
 // the defaults.
 type Config struct {
-	// Address is the master's MUPDATE server, host:port. Required.
-	Address string
-	// AuthName is the SASL authentication id (Cyrus mupdate_authname);
-	// "" does not authenticate, which Cyrus's master refuses for UPDATE.
-	AuthName string
-	// AuthzID is the optional SASL authorization id (mupdate_username).
-	AuthzID  string
-	Password string
-	// TLS is "none" or "" (plain TCP), "starttls" or "tls".
-	TLS string
-	// TLSCAFile is a PEM bundle of the CAs the master's certificate
-	// must chain to, in either TLS mode; "" means the system's roots.
-	TLSCAFile string
-	// DialTimeout bounds the TCP (and TLS) connect. Must be > 0.
-	DialTimeout time.Duration
-	// QueryTimeout bounds the greeting, STARTTLS, AUTHENTICATE and
-	// COMPRESS, and how long the master may take to answer a NOOP on an
-	// idle stream. Must be > 0.
-	QueryTimeout time.Duration
+	// Server is the master: its address (required), login, TLS, the
+	// dial timeout, and QueryTimeout, which bounds the greeting,
+	// STARTTLS, AUTHENTICATE and COMPRESS and how long the master may
+	// take to answer a NOOP on an idle stream. MaxLiteral bounds each
+	// line and string the master sends (and each name and ACL read from
+	// the snapshot); it must be in 1..MaxMaxLiteral. "" is taken as
+	// "none" for TLS.
+	mupdate.Server
 	// DumpIdleTimeout is the longest silence accepted while the master
 	// dumps (before and between mailboxes); longer, and it is taken for
 	// frozen. Must be > 0.
@@ -110,9 +99,6 @@ type Config struct {
 	// the snapshot, besides after each dump and at Stop and Close; 0
 	// writes only then.
 	SnapshotInterval time.Duration
-	// MaxLiteral bounds each line and string the master sends (and each
-	// name and ACL read from the snapshot). Must be in 1..MaxMaxLiteral.
-	MaxLiteral int
 }
 
 // DefaultConfig returns the defaults. Address and the credentials have
@@ -123,9 +109,7 @@ type Config struct {
 func DefaultConfig() Config {
 	m := mupdate.DefaultConfig()
 	return Config{
-		TLS:              m.TLS,
-		DialTimeout:      m.DialTimeout,
-		QueryTimeout:     m.QueryTimeout,
+		Server:           m.Server,
 		DumpIdleTimeout:  30 * time.Second,
 		KeepAlive:        30 * time.Second,
 		BackoffMin:       m.BackoffMin,
@@ -133,7 +117,6 @@ func DefaultConfig() Config {
 		MissWait:         2 * time.Second,
 		SnapshotPath:     "/var/lib/lmtpgate/" + DefaultSnapshotName,
 		SnapshotInterval: 5 * time.Minute,
-		MaxLiteral:       m.MaxLiteral,
 	}
 }
 
@@ -157,22 +140,6 @@ func (c Config) Validate() error {
 		return fmt.Errorf("master-replica: %w", err)
 	}
 	return nil
-}
-
-// endpoint is the connection part of the configuration, with tc for
-// either TLS mode.
-func (c Config) endpoint(tc *tls.Config) mupdate.Endpoint {
-	return mupdate.Endpoint{
-		Address:          c.Address,
-		AuthName:         c.AuthName,
-		AuthzID:          c.AuthzID,
-		Password:         c.Password,
-		TLS:              c.TLS,
-		TLSConfig:        tc,
-		DialTimeout:      c.DialTimeout,
-		HandshakeTimeout: c.QueryTimeout,
-		MaxLiteral:       c.MaxLiteral,
-	}
 }
 
 // ErrUnavailable is wrapped by every error Lookup returns: there is no

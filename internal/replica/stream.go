@@ -80,7 +80,7 @@ func (d *deadlineReader) Read(p []byte) (int, error) {
 // session runs one connection. It reports whether it got as far as
 // streaming, and always returns the error that ended it.
 func (r *Replica) session(ctx context.Context) (streamed bool, err error) {
-	conn, err := mupdate.Dial(ctx, r.cfg.endpoint(r.tls))
+	conn, err := mupdate.Dial(ctx, r.cfg.Server.Endpoint(r.tls))
 	if err != nil {
 		return false, fmt.Errorf("connecting: %w", err)
 	}

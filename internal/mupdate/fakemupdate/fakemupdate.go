@@ -14,8 +14,9 @@
 //
 //	srv := fakemupdate.New(t)
 //	srv.Set("user.alice", "backend1!default", "alice\tlrswipkxtecdan\t")
-//	c := mupdate.New("master-mupdate", mupdate.Config{Address: srv.Addr(),
-//		AuthName: fakemupdate.DefaultUser, Password: fakemupdate.DefaultPassword}, nil)
+//	cfg := mupdate.DefaultConfig()
+//	cfg.Address, cfg.AuthName, cfg.Password = srv.Addr(), fakemupdate.DefaultUser, fakemupdate.DefaultPassword
+//	c := mupdate.New("master-mupdate", cfg, nil)
 package fakemupdate
 
 import (
